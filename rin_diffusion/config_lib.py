@@ -1,0 +1,108 @@
+"""The config contract shared by every config under configs/.
+
+Configs are data: each file's `get_config(arg)` starts from `base_config()` and overrides fields.
+`validate()` turns bad values into one clear error naming the field, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Defaults shared by all configs (the noise-scheduling paper's common hyper-parameters)."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.total_steps = 150_000
+  c.batch_size = 1024  # Global, over all processes and devices.
+  c.log_every_steps = 100
+  c.checkpoint_every_steps = 5_000
+  c.sample_every_steps = 10_000
+  c.keep_checkpoints = 3  # The last N checkpoints are kept ...
+  c.keep_every_steps = 0  # ... plus a permanent one every M steps (0: none).
+  c.nonfinite_loss = "stop"  # 'stop' the run, or 'skip' the update and count it.
+  # init_from: start a new run from another run's parameters ('ema' or 'params').
+  c.init_from = ml_collections.ConfigDict({"workdir": "", "params": "ema"})
+
+  # Device mesh: sizes per axis, -1 for "all remaining devices".
+  c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
+  # Logical axis name -> mesh axis (or None). Parameters carry logical names in the model.
+  c.sharding_rules = (
+      ("batch", ("data", "fsdp")),
+      ("embed", "fsdp"),
+      ("mlp", None),
+      ("heads", None),
+      ("kv", None),
+      ("tokens", None),
+      ("vocab", None),
+  )
+
+  c.dataset = ml_collections.ConfigDict()
+  c.dataset.name = "imagenet2012"  # A TFDS name, or 'fashion_mnist' for the built-in dataset.
+  c.dataset.split = "train"
+  c.dataset.data_dir = ""  # TFDS data_dir ('' = TFDS default, or $TFDS_DATA_DIR).
+  c.dataset.manual_dir = ""  # Raw files for builders that need them ('' = builder default).
+  c.dataset.image_size = 64
+  c.dataset.channels = 3
+  c.dataset.num_classes = 1000  # 0: unconditional.
+  c.dataset.random_flip = True
+  c.dataset.num_workers = 8  # Threads decoding images on each host.
+
+  c.model = ml_collections.ConfigDict()
+  c.model.image_size = 64
+  c.model.channels = 3  # Output channels (and input channels, before extra_in_channels).
+  c.model.extra_in_channels = 0  # Cascade: channels of the upsampled low-resolution image.
+  c.model.num_extra_tokens = 0  # Cascade: scalar conditioning tokens (augmentation level gamma).
+  c.model.num_classes = 1000  # 0: no class token.
+  c.model.patch_size = 4
+  c.model.tape_dim = 512  # Interface width d.
+  c.model.latent_slots = 128  # L, including the time and class tokens.
+  c.model.latent_dim = 768  # D.
+  c.model.blocks = (6, 6, 6, 6)  # Latent self-attention layers per block.
+  c.model.latent_mlp_ratio = 4
+  c.model.tape_mlp_ratio = 4
+  c.model.latent_heads = 16
+  c.model.rw_heads = 16
+  c.model.drop_units = 0.0
+  c.model.drop_path = 0.0
+  c.model.drop_att = 0.0
+  c.model.tape_pos = "learned"  # 'learned' or 'sincos'.
+  c.model.xattn_kv_ln = False
+  c.model.time_scaling = 1000.0
+  c.model.dtype = "float32"  # Activation dtype: 'float32' or 'bfloat16'.
+  c.model.remat = False
+
+  c.diffusion = ml_collections.ConfigDict()
+  c.diffusion.train_schedule = "linear"  # gamma(t) for training.
+  c.diffusion.infer_schedule = "cosine"  # gamma(t) for sampling (the reference's offset cosine).
+  c.diffusion.input_scale = 1.0  # b.
+  c.diffusion.normalize_input = "empirical"  # 'empirical', 'analytic' or 'none'.
+  c.diffusion.pred_type = "eps"  # What the network predicts: 'eps', 'x0' or 'v'.
+  c.diffusion.loss_target = "eps"  # Which MSE is minimised: 'eps', 'x0' or 'v'.
+  c.diffusion.loss_weighting = "constant"  # 'constant', 'snr', 'truncated_snr' or 'min_snr'.
+  c.diffusion.min_snr_gamma = 5.0
+  c.diffusion.self_cond_rate = 0.9
+  c.diffusion.label_dropout = 0.0
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.name = "lamb"  # 'lamb' or 'adamw'.
+  c.optimizer.learning_rate = 2e-3
+  c.optimizer.b1 = 0.9
+  c.optimizer.b2 = 0.999
+  c.optimizer.eps = 1e-8
+  c.optimizer.weight_decay = 0.01
+  c.optimizer.warmup_steps = 10_000
+  c.optimizer.decay = "cosine@0.7"  # 'cosine@rho' (reference), 'cosine_hold@rho', 'cosine' or 'constant'.
+  c.optimizer.clip_norm = 0.0  # 0: no gradient clipping (the reference LAMB path has none).
+  c.optimizer.ema_decay = 0.9999
+  c.optimizer.ema_warmup = False  # decay_t = min(decay, (1 + t) / (10 + t)) when on.
+
+  c.sampling = ml_collections.ConfigDict()
+  c.sampling.sampler = "ddpm"  # 'ddpm' (large variance), 'ddpm_small' or 'ddim'.
+  c.sampling.steps = 1000
+  c.sampling.guidance = 3.0  # Guidance weight for sample grids.
+  c.sampling.fid_guidance = 0.0  # Guidance weight for FID.
+  c.sampling.td = 0.0
+  c.sampling.num_samples = 64
+  c.sampling.classes = ""  # Comma-separated class ids for grids; '' cycles through classes.
+  return c

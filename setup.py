@@ -1,0 +1,59 @@
+"""rin_diffusion: Recurrent Interface Networks with the noise-scheduling recipe, in JAX/Flax."""
+
+from setuptools import find_packages, setup
+
+# Pins tested on Python 3.11 (CI). The ranges stay wide enough for TPU images with newer jax.
+CORE = [
+    "jax>=0.10.2",
+    "flax>=0.12.8",
+    "optax>=0.2.8",
+    "orbax-checkpoint>=0.12.8",
+    "tensorflow-datasets>=4.9.10",
+    "ml-collections>=1.1.0",
+    "clu>=0.0.12",
+    "chex>=0.1.92",
+    "numpy>=2.0",
+    # tfds imports importlib_resources unconditionally but only declares it for Python < 3.9.
+    "importlib_resources>=6.0",
+    "pillow>=10.0",
+    "absl-py>=2.0",
+]
+
+# clu's metric writers and periodic actions, and tfds' tf.data paths, need TensorFlow.
+TF = ["tensorflow-cpu>=2.21.0; platform_machine == 'x86_64'", "tensorboard>=2.21.0"]
+
+# Exactly what CI installs on Python 3.11 (see ../shared/spec/environment.md).
+CI_PINS = [
+    "jax==0.10.2",
+    "jaxlib==0.10.2",
+    "flax==0.12.8",
+    "optax==0.2.8",
+    "orbax-checkpoint==0.12.8",
+    "tensorflow-datasets==4.9.10",
+    "ml-collections==1.1.0",
+    "clu==0.0.12",
+    "chex==0.1.92",
+    "numpy==2.4.6",
+    "importlib_resources==7.1.0",
+    "pillow==13.0.0",
+    "tensorflow-cpu==2.21.0",
+    "tensorboard==2.21.0",
+]
+
+TEST = ["pytest>=8.0", "ruff>=0.6"]
+
+setup(
+    name="rin_diffusion",
+    version="0.1.0",
+    description="RIN diffusion models with the noise-scheduling recipe, from a laptop CPU to TPU pods.",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["rin_diffusion", "rin_diffusion.*"]),
+    install_requires=CORE,
+    extras_require={
+        "tf": TF,
+        "test": TEST,
+        "ci": CI_PINS + TEST,
+        "tpu": ["jax[tpu]"],
+    },
+)
