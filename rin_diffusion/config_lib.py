@@ -106,3 +106,73 @@ def base_config() -> ml_collections.ConfigDict:
   c.sampling.num_samples = 64
   c.sampling.classes = ""  # Comma-separated class ids for grids; '' cycles through classes.
   return c
+
+
+_CHOICES = {
+    "diffusion.normalize_input": ("empirical", "analytic", "none"),
+    "diffusion.pred_type": ("eps", "x0", "v"),
+    "diffusion.loss_target": ("eps", "x0", "v"),
+    "diffusion.loss_weighting": ("constant", "snr", "truncated_snr", "min_snr"),
+    "optimizer.name": ("lamb", "adamw"),
+    "sampling.sampler": ("ddpm", "ddpm_small", "ddim"),
+    "nonfinite_loss": ("stop", "skip"),
+    "init_from.params": ("ema", "params"),
+    "model.dtype": ("float32", "bfloat16"),
+}
+
+
+def _get(config: ml_collections.ConfigDict, dotted: str):
+  value = config
+  for part in dotted.split("."):
+    value = value[part]
+  return value
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks a config before anything is built or written; raises one ValueError per problem.
+
+  Every message names the field, the value and what is allowed. Checks that need the device count
+  (batch divisibility, mesh sizes) happen where the mesh is built.
+  """
+  from rin_diffusion import model as model_lib  # Deferred: configs must load without jax.
+  from rin_diffusion import optim, schedules
+
+  for field in ("total_steps", "batch_size", "log_every_steps", "checkpoint_every_steps"):
+    value = config[field]
+    if not isinstance(value, int) or value <= 0:
+      raise ValueError(f"config.{field}={value!r}: must be a positive integer.")
+  for field in ("sample_every_steps", "keep_every_steps", "seed"):
+    value = config[field]
+    if not isinstance(value, int) or value < 0:
+      raise ValueError(f"config.{field}={value!r}: must be an integer >= 0 (0 disables).")
+  if int(config.keep_checkpoints) < 1:
+    raise ValueError(f"config.keep_checkpoints={config.keep_checkpoints!r}: must be >= 1.")
+  for field, allowed in _CHOICES.items():
+    value = _get(config, field)
+    if value not in allowed:
+      raise ValueError(f"config.{field}={value!r} is not allowed; allowed: {', '.join(allowed)}.")
+  for field in ("diffusion.train_schedule", "diffusion.infer_schedule"):
+    try:
+      schedules.gamma_fn(_get(config, field))
+    except ValueError as error:
+      raise ValueError(f"config.{field}: {error}") from None
+  for field in ("diffusion.self_cond_rate", "diffusion.label_dropout"):
+    value = _get(config, field)
+    if not 0.0 <= float(value) <= 1.0:
+      raise ValueError(f"config.{field}={value!r}: must be in [0, 1].")
+  if not float(config.diffusion.input_scale) > 0:
+    raise ValueError(f"config.diffusion.input_scale={config.diffusion.input_scale!r}: must be > 0.")
+  if not 0.0 <= float(config.optimizer.ema_decay) < 1.0:
+    raise ValueError(f"config.optimizer.ema_decay={config.optimizer.ema_decay!r}: must be in [0, 1).")
+  if int(config.optimizer.warmup_steps) < 0:
+    raise ValueError(f"config.optimizer.warmup_steps={config.optimizer.warmup_steps!r}: must be >= 0.")
+  optim.learning_rate_schedule(config)  # Raises on a malformed config.optimizer.decay.
+  if int(config.sampling.steps) <= 0:
+    raise ValueError(f"config.sampling.steps={config.sampling.steps!r}: must be a positive integer.")
+  for field in ("image_size", "channels", "num_classes"):
+    data_value, model_value = config.dataset[field], config.model[field]
+    if data_value != model_value:
+      raise ValueError(
+          f"config.dataset.{field}={data_value!r} differs from config.model.{field}={model_value!r};"
+          " they must agree.")
+  model_lib.rin_from_config(config.model)  # Raises on inconsistent architecture fields.

@@ -1,0 +1,341 @@
+"""The trainer: one linear loop, read top to bottom (big_vision style).
+
+State is a plain dict of arrays: {'step', 'params', 'opt_state', 'ema_params', 'rng',
+'nonfinite_steps'}. The per-step key is fold_in(rng, step), so the random stream depends only on the
+step, never on how many times the run was restarted or how it is sharded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from rin_diffusion import (
+    checkpointing,
+    config_lib,
+    diffusion,
+    generate,
+    optim,
+    schedules,
+    self_conditioning,
+    sharding,
+)
+from rin_diffusion import model as model_lib
+from rin_diffusion.data import pipeline
+
+
+class NonFiniteLossError(RuntimeError):
+  pass
+
+
+class _PreemptionFlag:
+  """Set by SIGTERM; the loop saves at the next step boundary and exits cleanly."""
+
+  def __init__(self):
+    self.requested = False
+
+  def install(self) -> None:
+    try:
+      signal.signal(signal.SIGTERM, self._handler)
+    except ValueError:  # Not the main thread (e.g. a notebook worker): rely on Orbax's check.
+      pass
+
+  def _handler(self, signum, frame):
+    del frame
+    logging.warning("Received signal %d: saving a checkpoint at the next step boundary.", signum)
+    self.requested = True
+
+
+def make_loss_fn(model: nn.Module, config: ml_collections.ConfigDict):
+  """loss(params, batch, key) -> (loss, aux) for one global batch."""
+  dcfg = config.diffusion
+  mcfg = config.model
+  gamma_train = schedules.gamma_fn(dcfg.train_schedule)
+  input_scale = float(dcfg.input_scale)
+  num_classes = int(mcfg.num_classes)
+
+  def loss_fn(params, batch, key):
+    x0 = batch["image"]
+    size = x0.shape[0]
+    time_key, noise_key, pass_key = jax.random.split(key, 3)
+    t = jax.random.uniform(time_key, (size,), jnp.float32)
+    gamma = gamma_train(t)
+    noise = jax.random.normal(noise_key, x0.shape, jnp.float32)
+    x_t = diffusion.add_noise(x0, gamma, noise, input_scale)
+    x_in = diffusion.normalize_input(x_t, gamma, input_scale, dcfg.normalize_input)
+    onehot = jax.nn.one_hot(batch["label"], num_classes) if num_classes > 0 else None
+
+    def apply_fn(hidden, key):
+      dropout_key, label_key = jax.random.split(key)
+      class_onehot = (self_conditioning.label_dropout(onehot, label_key, dcfg.label_dropout)
+                      if onehot is not None else None)
+      return model.apply({"params": params}, x_in, gamma, class_onehot, hidden, train=True,
+                         rngs={"dropout": dropout_key})
+
+    hidden_zeros = model_lib.zero_hidden(mcfg, size)
+    if float(dcfg.self_cond_rate) > 0:
+      pred, _ = self_conditioning.self_conditioned_apply(
+          apply_fn, hidden_zeros, pass_key, float(dcfg.self_cond_rate))
+    else:
+      pred, _ = apply_fn(hidden_zeros, pass_key)
+    loss, _ = diffusion.diffusion_loss(
+        pred, x0=x0, noise=noise, x_t=x_t, gamma=gamma, pred_type=dcfg.pred_type,
+        loss_target=dcfg.loss_target, input_scale=input_scale, weighting=dcfg.loss_weighting,
+        min_snr_gamma=float(dcfg.min_snr_gamma))
+    return loss
+
+  return loss_fn
+
+
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
+                    config: ml_collections.ConfigDict):
+  loss_fn = make_loss_fn(model, config)
+  lr_schedule = optim.learning_rate_schedule(config)
+  ema_decay = float(config.optimizer.ema_decay)
+  ema_warmup = bool(config.optimizer.ema_warmup)
+
+  def train_step(state, batch):
+    step = state["step"]
+    # The state keeps raw key data, so that checkpoints hold plain integer arrays.
+    key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), step)
+    loss, grads = jax.value_and_grad(loss_fn)(state["params"], batch, key)
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    ema_params = optim.update_ema(
+        state["ema_params"], params, optim.ema_decay_at(step, ema_decay, ema_warmup))
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    # A non-finite step never reaches the state: the last good parameters stay in place, and the
+    # host decides (config.nonfinite_loss) whether to stop or to carry on counting.
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
+    new_state = {
+        "step": step + 1,
+        "params": keep(params, state["params"]),
+        "opt_state": keep(opt_state, state["opt_state"]),
+        "ema_params": keep(ema_params, state["ema_params"]),
+        "rng": state["rng"],
+        "nonfinite_steps": state["nonfinite_steps"] + jnp.where(finite, 0, 1).astype(jnp.int32),
+    }
+    metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": lr_schedule(step)}
+    return new_state, metrics
+
+  return train_step
+
+
+def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
+  """Model, optimizer, state shardings and a jitted state initialiser."""
+  model = model_lib.rin_from_config(config.model)
+  tx = optim.make_optimizer(config)
+  mcfg = config.model
+  rules = tuple(tuple(rule) for rule in config.sharding_rules)
+  example_x = jnp.zeros((1, mcfg.image_size, mcfg.image_size,
+                         mcfg.channels + mcfg.extra_in_channels), jnp.float32)
+  example_gamma = jnp.ones((1,), jnp.float32)
+  example_class = (jnp.zeros((1, mcfg.num_classes), jnp.float32) if mcfg.num_classes > 0
+                   else None)
+  example_extra = (jnp.zeros((1, mcfg.num_extra_tokens), jnp.float32)
+                   if mcfg.num_extra_tokens > 0 else None)
+
+  def init_variables(key):
+    return model.init(key, example_x, example_gamma, example_class, None, example_extra,
+                      train=False)
+
+  boxed = jax.eval_shape(init_variables, jax.random.key(0))
+  param_shardings = sharding.logical_shardings(boxed["params"], mesh, rules)
+  replicated = sharding.replicated(mesh)
+
+  def init_state(seed):
+    rng = jax.random.key(seed)
+    init_key, state_key = jax.random.split(rng)
+    params = nn.meta.unbox(init_variables(init_key)["params"])
+    return {
+        "step": jnp.zeros((), jnp.int32),
+        "params": params,
+        "opt_state": tx.init(params),
+        # A copy, not the same buffers: the state is donated (spec A15: EMA starts at the params).
+        "ema_params": jax.tree.map(jnp.copy, params),
+        "rng": jax.random.key_data(state_key),
+        "nonfinite_steps": jnp.zeros((), jnp.int32),
+    }
+
+  abstract = jax.eval_shape(init_state, 0)
+  opt_shardings = optax.tree_map_params(
+      tx, lambda _, s: s, abstract["opt_state"], param_shardings,
+      transform_non_params=lambda _: replicated)
+  state_shardings = {
+      "step": replicated,
+      "params": param_shardings,
+      "opt_state": opt_shardings,
+      "ema_params": param_shardings,
+      "rng": replicated,
+      "nonfinite_steps": replicated,
+  }
+  init_fn = jax.jit(init_state, static_argnums=0, out_shardings=state_shardings)
+  abstract_state = jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_shardings)
+  return model, tx, init_fn, abstract_state, state_shardings
+
+
+def _write_jsonl(path: str, record: dict[str, Any]) -> None:
+  with open(path, "a") as f:
+    f.write(json.dumps(record) + "\n")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains (or resumes) in `workdir`; returns the final state."""
+  config_lib.validate(config)
+  mesh = sharding.make_mesh(config.mesh)
+  sharding.check_batch_divisible(int(config.batch_size), mesh)
+  if int(config.batch_size) % jax.process_count():
+    raise ValueError(f"config.batch_size={config.batch_size} is not divisible by the "
+                     f"{jax.process_count()} processes.")
+  is_chief = jax.process_index() == 0
+  source = pipeline.make_source(config.dataset)  # Fails early and clearly when data is missing.
+
+  os.makedirs(workdir, exist_ok=True)
+  from clu import metric_writers  # noqa: PLC0415 -- imports TensorFlow; keep it off import paths.
+
+  writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
+  metrics_path = os.path.join(workdir, "metrics.jsonl")
+
+  model, tx, init_fn, abstract_state, state_shardings = build(config, mesh)
+  manager = checkpointing.make_manager(workdir, config)
+  restored = checkpointing.restore_latest(manager, abstract_state)
+  if restored is not None:
+    state, position = restored
+    logging.info("Resumed from %s at step %d.", manager.directory, int(state["step"]))
+  else:
+    state, position = init_fn(int(config.seed)), 0
+    if config.init_from.workdir:
+      params = checkpointing.restore_params_from(
+          config.init_from.workdir, config.init_from.params, abstract_state["params"])
+      state = {**state, "params": params, "ema_params": jax.tree.map(jnp.copy, params)}
+  start_step = int(jax.device_get(state["step"]))
+  if position != start_step:
+    raise RuntimeError(f"Checkpoint inconsistency: data position {position} != step {start_step}.")
+  if is_chief and start_step == 0:
+    writer.write_hparams({k: str(v) for k, v in _flatten(config.to_dict()).items()})
+    logging.info("Parameters: %d", sum(x.size for x in jax.tree.leaves(state["params"])))
+
+  batches = pipeline.make_iterator(config, source=source, start_step=start_step,
+                                   process_index=jax.process_index(),
+                                   process_count=jax.process_count())
+  train_step = jax.jit(
+      make_train_step(model, tx, config),
+      in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+      out_shardings=(state_shardings, sharding.replicated(mesh)),
+      donate_argnums=0)
+  sample_fn = None
+  preemption = _PreemptionFlag()
+  preemption.install()
+
+  total = int(config.total_steps)
+  pending: list[dict[str, jax.Array]] = []
+  last_log_time, last_log_step = time.time(), start_step
+  start_time = time.time()
+  step = start_step
+  while step < total:
+    batch = sharding.global_batch(next(batches), mesh)
+    state, metrics = train_step(state, batch)
+    step += 1
+    pending.append(metrics)
+
+    preempted = preemption.requested or manager.reached_preemption(step)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # noqa: PLC0415
+
+      preempted = bool(np.any(multihost_utils.process_allgather(np.asarray(preempted))))
+    is_log_step = step % int(config.log_every_steps) == 0 or step == total or preempted
+    is_checkpoint_step = (step % int(config.checkpoint_every_steps) == 0 or step == total
+                          or preempted)
+
+    if is_log_step or is_checkpoint_step:
+      # Checked before anything is saved, so a checkpoint never follows a bad step unnoticed.
+      nonfinite = int(jax.device_get(state["nonfinite_steps"]))
+      if nonfinite and config.nonfinite_loss == "stop":
+        manager.wait_until_finished()
+        raise NonFiniteLossError(
+            f"Non-finite loss or gradient within the last {len(pending)} steps (before step "
+            f"{step}); the update was not applied. The last good checkpoint "
+            f"(step {manager.latest_step()}) in {manager.directory} is intact. Lower the learning "
+            "rate or set --config.nonfinite_loss=skip to skip such steps.")
+
+    if is_log_step:
+      fetched = jax.device_get(pending)
+      now = time.time()
+      steps_per_sec = (step - last_log_step) / max(now - last_log_time, 1e-9)
+      record = {
+          "step": step,
+          "loss": float(np.mean([m["loss"] for m in fetched])),
+          "learning_rate": float(fetched[-1]["learning_rate"]),
+          "grad_norm": float(np.mean([m["grad_norm"] for m in fetched])),
+          "steps_per_sec": steps_per_sec,
+          "nonfinite_steps": int(jax.device_get(state["nonfinite_steps"])),
+          "step_losses": [float(m["loss"]) for m in fetched],
+      }
+      if is_chief:
+        _write_jsonl(metrics_path, record)
+      writer.write_scalars(step, {k: v for k, v in record.items() if k != "step_losses"})
+      eta = (total - step) / max(steps_per_sec, 1e-9)
+      logging.info("step %d/%d  loss %.4f  lr %.2e  %.2f steps/s  ETA %s", step, total,
+                   record["loss"], record["learning_rate"], steps_per_sec, _format_eta(eta))
+      pending.clear()
+      last_log_time, last_log_step = now, step
+
+    if is_checkpoint_step:
+      checkpointing.save(manager, state, batches.position, config)
+
+    if preempted:
+      manager.wait_until_finished()
+      logging.warning("Preemption: checkpoint at step %d is durable; exiting.", step)
+      break
+
+    sample_every = int(config.sample_every_steps)
+    if sample_every and (step % sample_every == 0 or step == total):
+      if sample_fn is None:
+        sample_fn = generate.make_sample_fn(
+            model, config, sampler=config.sampling.sampler, steps=int(config.sampling.steps),
+            guidance=float(config.sampling.guidance))
+      _write_sample_grid(sample_fn, state, config, workdir, step)
+
+  manager.wait_until_finished()
+  manager.close()
+  writer.flush()
+  logging.info("Done at step %d in %.1f s.", step, time.time() - start_time)
+  return state
+
+
+def _write_sample_grid(sample_fn, state, config, workdir: str, step: int) -> None:
+  labels = generate.class_labels(config, int(config.sampling.num_samples), config.sampling.classes)
+  key = jax.random.fold_in(jax.random.key(int(config.seed) + 1), step)
+  images = jax.device_get(sample_fn(state["ema_params"], key, jnp.asarray(labels)))
+  if jax.process_index() == 0:
+    columns = int(np.sum(labels == labels[0]))
+    generate.save_grid(np.asarray(images), os.path.join(workdir, "samples", f"step_{step}.png"),
+                       columns=columns)
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat
+
+
+def _format_eta(seconds: float) -> str:
+  seconds = int(seconds)
+  return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
