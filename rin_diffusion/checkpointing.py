@@ -107,12 +107,17 @@ def restore_params_from(workdir: str, which: str, abstract_params: Any) -> Any:
     if step is None:
       raise ValueError(f"config.init_from.workdir={workdir!r} holds no checkpoint in {directory}.")
     key = "ema_params" if which == "ema" else "params"
-    metadata = manager.item_metadata(step)["state"]
-    # Restore only the wanted subtree: every other leaf is skipped by a placeholder.
-    target = jax.tree.map(lambda _: ocp.PLACEHOLDER, dict(metadata))
-    target[key] = abstract_params
-    restored = manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-            item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target))))
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  params = restored["state"][key]
+  expected = jax.tree.structure(abstract_params)
+  if jax.tree.structure(params) != expected:
+    raise ValueError(
+        f"config.init_from.workdir={workdir!r}: its parameters do not match this config's model "
+        f"(tree {jax.tree.structure(params)} vs {expected}).")
+  shapes = [(a.shape, b.shape) for a, b in zip(jax.tree.leaves(params),
+                                               jax.tree.leaves(abstract_params)) if a.shape != b.shape]
+  if shapes:
+    raise ValueError(f"config.init_from.workdir={workdir!r}: parameter shapes differ: {shapes[:3]}")
+  params = jax.device_put(params, jax.tree.map(lambda a: a.sharding, abstract_params))
   logging.info("Initialised %s from %s step %d.", which, directory, step)
   return restored["state"][key]

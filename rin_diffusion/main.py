@@ -86,7 +86,7 @@ def main(argv):
   if config is None:
     raise app.UsageError("--config is required, e.g. --config=configs/fashion_mnist.py")
   try:
-    getattr(config, "to_dict")  # config_flags defers a load failure to the first access.
+    _ = config.to_dict  # config_flags defers a load failure to the first access.
   except OSError as error:  # config_flags loads lazily and reports a missing file as OSError.
     raise ValueError(f"--config could not be loaded: {' '.join(str(error).split())}") from None
   if not _WORKDIR.value:

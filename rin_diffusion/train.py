@@ -192,10 +192,11 @@ def _write_jsonl(path: str, record: dict[str, Any]) -> None:
     f.write(json.dumps(record) + "\n")
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains (or resumes) in `workdir`; returns the final state."""
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       devices: list[jax.Device] | None = None) -> dict[str, Any]:
+  """Trains (or resumes) in `workdir` on `devices` (default: all); returns the final state."""
   config_lib.validate(config)
-  mesh = sharding.make_mesh(config.mesh)
+  mesh = sharding.make_mesh(config.mesh, devices)
   sharding.check_batch_divisible(int(config.batch_size), mesh)
   if int(config.batch_size) % jax.process_count():
     raise ValueError(f"config.batch_size={config.batch_size} is not divisible by the "
@@ -220,7 +221,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if config.init_from.workdir:
       params = checkpointing.restore_params_from(
           config.init_from.workdir, config.init_from.params, abstract_state["params"])
-      state = {**state, "params": params, "ema_params": jax.tree.map(jnp.copy, params)}
+      copy = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree),
+                     out_shardings=state_shardings["params"])
+      state = {**state, "params": copy(params), "ema_params": copy(params)}
   start_step = int(jax.device_get(state["step"]))
   if position != start_step:
     raise RuntimeError(f"Checkpoint inconsistency: data position {position} != step {start_step}.")
