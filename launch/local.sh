@@ -1,0 +1,167 @@
+#!/usr/bin/env bash
+# Train rin_diffusion on this machine (CPU, one GPU host, or one TPU VM host): one trainer process,
+# or --processes=N processes that form one multi-process JAX job over localhost (for testing the
+# multi-host code paths on a single machine).
+#
+#   launch/local.sh --config=configs/imagenet64.py:runlocal --workdir=/tmp/in64 [--dry-run]
+#   launch/local.sh --config=configs/fashion_mnist.py --workdir=/tmp/fmnist \
+#       -- --config.total_steps=100
+#
+# Arguments after `--` go to the trainer verbatim. Re-running with the same --workdir resumes from
+# its latest checkpoint. See launch/README.md.
+set -euo pipefail
+
+PROG=$(basename "$0")
+REPO_DIR=$(cd "$(dirname "$0")/.." && pwd)
+
+usage() {
+  cat <<EOT
+Usage: $PROG --config=PATH[:ARG] --workdir=DIR [--python=PY] [--tfds_data_dir=DIR]
+           [--processes=1] [--port=12355] [--dry-run] [-- TRAINER_FLAGS...]
+
+  --config          Config file relative to the repo root, with an optional :ARG.
+  --workdir         Run directory (a relative path is made absolute from the current directory).
+  --python          Interpreter with rin_diffusion installed (default: the repo's .venv if it
+                    exists, else python3).
+  --tfds_data_dir   TFDS data dir (default: \$TFDS_DATA_DIR; unset: TFDS's default).
+  --processes       Number of trainer processes forming one JAX job over localhost:PORT.
+  --port            Coordinator port for --processes > 1.
+  --dry-run         Print the commands, one per line, instead of running them (with
+                    --processes > 1 they run concurrently).
+EOT
+}
+
+declare -A FLAGS=(
+  [config]="" [workdir]="" [python]="" [tfds_data_dir]="${TFDS_DATA_DIR:-}" [processes]=1
+  [port]=12355
+)
+BOOLEAN_FLAGS=" "
+TRAINER_ARGS=()
+
+# --- Shared helpers: the same in every launch/*.sh. ---
+
+DRY_RUN=0
+
+die() {
+  echo "$PROG: error: $*" >&2
+  echo "Run '$PROG --help' for usage." >&2
+  exit 2
+}
+
+# Prints one word for the shell: as is when safe, else single-quoted (after a --flag= or VAR=).
+quote() {
+  local safe='^[A-Za-z0-9_./:=@,+%-]+$' assignment='^(-{0,2}[A-Za-z0-9_.-]+=)(.*)$'
+  if [[ $1 =~ $safe ]]; then
+    printf '%s' "$1"
+  elif [[ $1 =~ $assignment ]]; then
+    printf '%s' "${BASH_REMATCH[1]}"
+    quote "${BASH_REMATCH[2]}"
+  else
+    printf "'%s'" "${1//\'/\'\\\'\'}"
+  fi
+}
+
+quote_all() {
+  local word out=""
+  for word in "$@"; do
+    out+="${out:+ }$(quote "$word")"
+  done
+  printf '%s' "$out"
+}
+
+run() {
+  if ((DRY_RUN)); then
+    quote_all "$@"
+    echo
+  else
+    "$@"
+  fi
+}
+
+parse_flags() {
+  local key
+  while (($#)); do
+    case $1 in
+      --) shift; TRAINER_ARGS=("$@"); return ;;
+      -h | --help) usage; exit 0 ;;
+      --dry-run | --dry_run) DRY_RUN=1 ;;
+      --*=*)
+        key=${1%%=*}; key=${key#--}; key=${key//-/_}
+        [[ -v "FLAGS[$key]" ]] || die "unknown flag '${1%%=*}'"
+        FLAGS[$key]=${1#*=}
+        if [[ $BOOLEAN_FLAGS == *" $key "* ]]; then
+          case ${FLAGS[$key]} in
+            1 | true | True) FLAGS[$key]=1 ;;
+            0 | false | False) FLAGS[$key]=0 ;;
+            *) die "--$key='${FLAGS[$key]}': expected true or false" ;;
+          esac
+        fi ;;
+      --*)
+        key=${1#--}; key=${key//-/_}
+        [[ -v "FLAGS[$key]" ]] || die "unknown flag '$1'"
+        if [[ $BOOLEAN_FLAGS == *" $key "* ]]; then
+          FLAGS[$key]=1
+        else
+          if (($# < 2)) || [[ $2 == --* ]]; then
+            die "flag '$1' needs a value (--$key=VALUE)"
+          fi
+          FLAGS[$key]=$2; shift
+        fi ;;
+      *) die "unexpected argument '$1' (trainer flags go after '--')" ;;
+    esac
+    shift
+  done
+}
+
+require() {
+  local key
+  for key in "$@"; do
+    [[ -n ${FLAGS[$key]} ]] || die "--$key is required"
+  done
+}
+
+# --- End of the shared helpers. ---
+
+parse_flags "$@"
+require config workdir
+[[ ${FLAGS[processes]} =~ ^[1-9][0-9]*$ ]] ||
+  die "--processes='${FLAGS[processes]}': must be a positive integer"
+[[ ${FLAGS[port]} =~ ^[1-9][0-9]*$ ]] || die "--port='${FLAGS[port]}': must be a port number"
+[[ -f $REPO_DIR/${FLAGS[config]%%:*} ]] ||
+  die "--config='${FLAGS[config]}': no file ${FLAGS[config]%%:*} under $REPO_DIR"
+PYTHON=${FLAGS[python]}
+if [[ -z $PYTHON ]]; then
+  PYTHON=python3
+  [[ ! -x $REPO_DIR/.venv/bin/python ]] || PYTHON=.venv/bin/python
+fi
+
+WORKDIR=${FLAGS[workdir]}
+[[ $WORKDIR == /* || $WORKDIR == *://* ]] || WORKDIR=$PWD/$WORKDIR
+
+cd "$REPO_DIR"
+TRAIN=(env)
+[[ -z ${FLAGS[tfds_data_dir]} ]] || TRAIN+=("TFDS_DATA_DIR=${FLAGS[tfds_data_dir]}")
+TRAIN+=("$PYTHON" -m rin_diffusion.main "--config=${FLAGS[config]}" "--workdir=$WORKDIR"
+  "${TRAINER_ARGS[@]}")
+
+PROCESSES=${FLAGS[processes]}
+if ((PROCESSES == 1)); then
+  run "${TRAIN[@]}"
+  exit 0
+fi
+PIDS=()
+for ((i = 0; i < PROCESSES; i++)); do
+  COMMAND=("${TRAIN[@]}" "--coordinator_address=localhost:${FLAGS[port]}"
+    "--num_processes=$PROCESSES" "--process_id=$i")
+  if ((DRY_RUN)); then
+    run "${COMMAND[@]}"
+  else
+    "${COMMAND[@]}" &
+    PIDS+=($!)
+  fi
+done
+STATUS=0
+for pid in "${PIDS[@]}"; do
+  wait "$pid" || STATUS=$?
+done
+exit "$STATUS"

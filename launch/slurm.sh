@@ -1,0 +1,220 @@
+#!/usr/bin/env bash
+# Train rin_diffusion on a multi-node GPU cluster with SLURM. This file is both the submitter and
+# the batch script:
+#   * outside a job it submits itself: sbatch --nodes=N ... launch/slurm.sh <same flags>;
+#   * inside a job (sbatch, or an salloc allocation) it starts the trainer on every task with srun.
+#
+#   launch/slurm.sh --nodes=4 --gpus_per_node=8 --config=configs/imagenet128.py \
+#       --workdir=/shared/runs/in128 --tfds_data_dir=/shared/tensorflow_datasets [--dry-run]
+#   sbatch --nodes=4 launch/slurm.sh --config=... --workdir=...    # also works
+#
+# Multi-process JAX: by default one task per node drives all the node's GPUs and gets the
+# coordinator, process count and index explicitly (--coordinator_address/--num_processes/
+# --process_id). With --tasks_per_node=gpu, one task per GPU uses --distributed=auto: jax's SLURM
+# auto-detection then gives each process the GPU of its SLURM_LOCALID (it would give a single task
+# per node only GPU 0, which is why the default does not use auto-detection).
+# Arguments after `--` go to the trainer verbatim. See launch/README.md.
+#SBATCH --job-name=rin_diffusion
+#SBATCH --nodes=1
+#SBATCH --ntasks-per-node=1
+#SBATCH --gpus-per-node=8
+#SBATCH --exclusive
+#SBATCH --output=slurm-%x-%j.out
+set -euo pipefail
+
+PROG=$(basename "$0")
+SCRIPT_DIR=$(cd "$(dirname "$0")" && pwd)
+
+usage() {
+  cat <<EOT
+Usage: $PROG --config=PATH[:ARG] --workdir=DIR [--nodes=1] [--gpus_per_node=8]
+           [--tasks_per_node=1|gpu] [--partition=P] [--account=A] [--time=HH:MM:SS]
+           [--job_name=rin_diffusion] [--tfds_data_dir=DIR] [--python=python3] [--repo_dir=DIR]
+           [--mode=auto|submit|run] [--dry-run] [-- TRAINER_FLAGS...]
+
+  --config          Config file relative to the repo root, with an optional :ARG.
+  --workdir         Run directory on storage every node sees (or gs://...). Re-submitting with the
+                    same workdir resumes from its latest checkpoint.
+  --nodes           Number of nodes (default 1; inside a job: the job's node count).
+  --gpus_per_node   GPUs per node (default 8; inside a job: \$SLURM_GPUS_ON_NODE when set).
+  --tasks_per_node  1 (default): one process per node, explicit coordinator flags; 'gpu': one
+                    process per GPU with --distributed=auto (jax's SLURM auto-detection).
+  --partition, --account, --time, --job_name
+                    Passed to sbatch.
+  --tfds_data_dir   TFDS data dir with the prepared dataset (default: \$TFDS_DATA_DIR; if unset,
+                    TFDS's default).
+  --python          Python of the environment with rin_diffusion installed (default: python3).
+  --repo_dir        The rin_diffusion checkout on the nodes (default: this script's repo, or the
+                    job's working directory when sbatch runs a copy of this file).
+  --mode            auto (default): submit outside a job, run inside one (\$SLURM_JOB_ID set).
+  --dry-run         Print the commands, one per line, instead of running them (submit mode also
+                    prints the srun command the job will run).
+EOT
+}
+
+declare -A FLAGS=(
+  [config]="" [workdir]="" [nodes]="" [gpus_per_node]="" [tasks_per_node]=1 [partition]=""
+  [account]="" [time]="" [job_name]="rin_diffusion" [tfds_data_dir]="${TFDS_DATA_DIR:-}"
+  [python]="python3" [repo_dir]="" [mode]="auto"
+)
+BOOLEAN_FLAGS=" "
+TRAINER_ARGS=()
+
+# --- Shared helpers: the same in every launch/*.sh. ---
+
+DRY_RUN=0
+
+die() {
+  echo "$PROG: error: $*" >&2
+  echo "Run '$PROG --help' for usage." >&2
+  exit 2
+}
+
+# Prints one word for the shell: as is when safe, else single-quoted (after a --flag= or VAR=).
+quote() {
+  local safe='^[A-Za-z0-9_./:=@,+%-]+$' assignment='^(-{0,2}[A-Za-z0-9_.-]+=)(.*)$'
+  if [[ $1 =~ $safe ]]; then
+    printf '%s' "$1"
+  elif [[ $1 =~ $assignment ]]; then
+    printf '%s' "${BASH_REMATCH[1]}"
+    quote "${BASH_REMATCH[2]}"
+  else
+    printf "'%s'" "${1//\'/\'\\\'\'}"
+  fi
+}
+
+quote_all() {
+  local word out=""
+  for word in "$@"; do
+    out+="${out:+ }$(quote "$word")"
+  done
+  printf '%s' "$out"
+}
+
+run() {
+  if ((DRY_RUN)); then
+    quote_all "$@"
+    echo
+  else
+    "$@"
+  fi
+}
+
+parse_flags() {
+  local key
+  while (($#)); do
+    case $1 in
+      --) shift; TRAINER_ARGS=("$@"); return ;;
+      -h | --help) usage; exit 0 ;;
+      --dry-run | --dry_run) DRY_RUN=1 ;;
+      --*=*)
+        key=${1%%=*}; key=${key#--}; key=${key//-/_}
+        [[ -v "FLAGS[$key]" ]] || die "unknown flag '${1%%=*}'"
+        FLAGS[$key]=${1#*=}
+        if [[ $BOOLEAN_FLAGS == *" $key "* ]]; then
+          case ${FLAGS[$key]} in
+            1 | true | True) FLAGS[$key]=1 ;;
+            0 | false | False) FLAGS[$key]=0 ;;
+            *) die "--$key='${FLAGS[$key]}': expected true or false" ;;
+          esac
+        fi ;;
+      --*)
+        key=${1#--}; key=${key//-/_}
+        [[ -v "FLAGS[$key]" ]] || die "unknown flag '$1'"
+        if [[ $BOOLEAN_FLAGS == *" $key "* ]]; then
+          FLAGS[$key]=1
+        else
+          if (($# < 2)) || [[ $2 == --* ]]; then
+            die "flag '$1' needs a value (--$key=VALUE)"
+          fi
+          FLAGS[$key]=$2; shift
+        fi ;;
+      *) die "unexpected argument '$1' (trainer flags go after '--')" ;;
+    esac
+    shift
+  done
+}
+
+require() {
+  local key
+  for key in "$@"; do
+    [[ -n ${FLAGS[$key]} ]] || die "--$key is required"
+  done
+}
+
+# --- End of the shared helpers. ---
+
+parse_flags "$@"
+require config workdir
+[[ ${FLAGS[mode]} =~ ^(auto|submit|run)$ ]] ||
+  die "--mode='${FLAGS[mode]}': allowed: auto, submit, run"
+MODE=${FLAGS[mode]}
+if [[ $MODE == auto ]]; then
+  MODE=submit
+  [[ -z ${SLURM_JOB_ID:-} ]] || MODE=run
+fi
+if [[ $MODE == run ]]; then
+  FLAGS[nodes]=${FLAGS[nodes]:-${SLURM_JOB_NUM_NODES:-1}}
+  FLAGS[gpus_per_node]=${FLAGS[gpus_per_node]:-${SLURM_GPUS_ON_NODE:-8}}
+else
+  FLAGS[nodes]=${FLAGS[nodes]:-1}
+  FLAGS[gpus_per_node]=${FLAGS[gpus_per_node]:-8}
+fi
+for key in nodes gpus_per_node; do
+  [[ ${FLAGS[$key]} =~ ^[1-9][0-9]*$ ]] || die "--$key='${FLAGS[$key]}': must be a positive integer"
+done
+case ${FLAGS[tasks_per_node]} in
+  1) TASKS_PER_NODE=1 ;;
+  gpu) TASKS_PER_NODE=${FLAGS[gpus_per_node]} ;;
+  *) die "--tasks_per_node='${FLAGS[tasks_per_node]}': allowed: 1, gpu" ;;
+esac
+if [[ -n ${FLAGS[repo_dir]} ]]; then
+  REPO_DIR=$(cd "${FLAGS[repo_dir]}" && pwd) || die "--repo_dir='${FLAGS[repo_dir]}' does not exist"
+elif [[ -f $SCRIPT_DIR/../rin_diffusion/main.py ]]; then
+  REPO_DIR=$(cd "$SCRIPT_DIR/.." && pwd)
+else
+  REPO_DIR=$PWD  # sbatch ran a spooled copy of this file; --chdir (set by submit) is the repo.
+fi
+[[ -f $REPO_DIR/${FLAGS[config]%%:*} ]] ||
+  die "--config='${FLAGS[config]}': no file ${FLAGS[config]%%:*} under $REPO_DIR"
+
+# What every task runs.
+TRAIN=(env)
+[[ -z ${FLAGS[tfds_data_dir]} ]] || TRAIN+=("TFDS_DATA_DIR=${FLAGS[tfds_data_dir]}")
+TRAIN+=("${FLAGS[python]}" -m rin_diffusion.main "--config=${FLAGS[config]}"
+  "--workdir=${FLAGS[workdir]}" "${TRAINER_ARGS[@]}")
+SRUN=(srun "--nodes=${FLAGS[nodes]}" "--ntasks-per-node=$TASKS_PER_NODE" --gpu-bind=none
+  --kill-on-bad-exit=1)
+# shellcheck disable=SC2016  # The single-quoted $... are expanded by each task's shell.
+if ((TASKS_PER_NODE == 1)); then
+  # Process 0 runs on the job's first node; the port is derived from the job id, as jax does.
+  PER_TASK='exec "$@"'
+  PER_TASK+=' --coordinator_address="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)'
+  PER_TASK+=':$((SLURM_JOB_ID % 4096 + 61440))"'
+  PER_TASK+=' --num_processes="$SLURM_NTASKS" --process_id="$SLURM_PROCID"'
+  SRUN+=(bash -c "$PER_TASK" rin_diffusion "${TRAIN[@]}")
+else
+  SRUN+=("${TRAIN[@]}" --distributed=auto)
+fi
+
+if [[ $MODE == submit ]]; then
+  SBATCH=(sbatch "--nodes=${FLAGS[nodes]}" "--ntasks-per-node=$TASKS_PER_NODE"
+    "--gpus-per-node=${FLAGS[gpus_per_node]}" "--job-name=${FLAGS[job_name]}" "--chdir=$REPO_DIR"
+    "--output=$REPO_DIR/slurm-%x-%j.out")
+  [[ -z ${FLAGS[partition]} ]] || SBATCH+=("--partition=${FLAGS[partition]}")
+  [[ -z ${FLAGS[account]} ]] || SBATCH+=("--account=${FLAGS[account]}")
+  [[ -z ${FLAGS[time]} ]] || SBATCH+=("--time=${FLAGS[time]}")
+  SBATCH+=("$REPO_DIR/launch/slurm.sh" --mode=run "--repo_dir=$REPO_DIR")
+  for key in config workdir nodes gpus_per_node tasks_per_node tfds_data_dir python; do
+    [[ -z ${FLAGS[$key]} ]] || SBATCH+=("--$key=${FLAGS[$key]}")
+  done
+  ((${#TRAINER_ARGS[@]} == 0)) || SBATCH+=(-- "${TRAINER_ARGS[@]}")
+  run "${SBATCH[@]}"
+  if ((DRY_RUN)); then
+    echo "# the job then runs, from $REPO_DIR:"
+    run "${SRUN[@]}"
+  fi
+else
+  cd "$REPO_DIR"
+  run "${SRUN[@]}"
+fi
