@@ -9,14 +9,19 @@ target built for the *current* mesh, so a checkpoint restores onto any device co
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import time
 from typing import Any
 
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from etils import epath
+
+
+def checkpoint_dir(workdir: str) -> epath.Path:
+  """Where a run's checkpoints live; works for local paths and gs:// buckets alike."""
+  return epath.Path(workdir).absolute() / "checkpoints" if "://" not in str(workdir) else (
+      epath.Path(workdir) / "checkpoints")
 
 
 def make_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
@@ -29,7 +34,7 @@ def make_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.Checkpo
       cleanup_tmp_directories=True,
   )
   return ocp.CheckpointManager(
-      os.path.join(os.path.abspath(workdir), "checkpoints"),
+      checkpoint_dir(workdir),
       options=options,
       item_names=("state", "data", "config"))
 
@@ -55,12 +60,12 @@ def _abstract(tree: Any) -> Any:
 
 def _move_aside(manager: ocp.CheckpointManager, step: int) -> str:
   """Renames an unreadable checkpoint out of the manager's way; nothing is deleted."""
-  source = os.path.join(str(manager.directory), str(step))
-  target_dir = os.path.join(os.path.dirname(str(manager.directory)), "checkpoints_unreadable")
-  target = os.path.join(target_dir, f"{step}.{int(time.time())}")
-  if jax.process_index() == 0 and os.path.exists(source):
-    os.makedirs(target_dir, exist_ok=True)
-    shutil.move(source, target)
+  source = epath.Path(manager.directory) / str(step)
+  target_dir = epath.Path(manager.directory).parent / "checkpoints_unreadable"
+  target = target_dir / f"{step}.{int(time.time())}"
+  if jax.process_index() == 0 and source.exists():
+    target_dir.mkdir(parents=True, exist_ok=True)
+    source.rename(target)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # noqa: PLC0415
 
@@ -86,7 +91,7 @@ def restore_latest(manager: ocp.CheckpointManager,
               data=ocp.args.JsonRestore(),
           ))
     except Exception as error:  # noqa: BLE001 -- any failure to read means "skip this one".
-      path = os.path.join(str(manager.directory), str(step))
+      path = epath.Path(manager.directory) / str(step)
       moved_to = _move_aside(manager, step)
       logging.warning(
           "Checkpoint %s is unreadable (%s: %s); moved it to %s and trying the previous one.",
@@ -101,7 +106,7 @@ def restore_params_from(workdir: str, which: str, abstract_params: Any) -> Any:
   """Parameters ('ema' or 'params') of another run's latest checkpoint, for config.init_from."""
   if which not in ("ema", "params"):
     raise ValueError(f"config.init_from.params={which!r}; allowed: 'ema', 'params'.")
-  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+  directory = checkpoint_dir(workdir)
   with ocp.CheckpointManager(directory, item_names=("state", "data", "config")) as manager:
     step = manager.latest_step()
     if step is None:

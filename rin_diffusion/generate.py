@@ -6,7 +6,7 @@ normalisation as training (the "first layer of the network") and passes the clas
 
 from __future__ import annotations
 
-import os
+import io
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from etils import epath
 from PIL import Image
 
 from rin_diffusion import diffusion, samplers, schedules
@@ -95,5 +96,8 @@ def save_grid(images: np.ndarray, path: str, columns: int | None = None) -> None
     row, col = divmod(index, columns)
     top, left = 1 + row * (height + 1), 1 + col * (width + 1)
     grid[top:top + height, left:left + width] = image
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  Image.fromarray(grid[..., 0] if channels == 1 else grid).save(path)
+  buffer = io.BytesIO()
+  Image.fromarray(grid[..., 0] if channels == 1 else grid).save(buffer, format="PNG")
+  path = epath.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_bytes(buffer.getvalue())

@@ -13,11 +13,13 @@ SLURM are detected by `jax.distributed.initialize()` (--distributed=auto); elsew
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import sys
 
 from absl import app, flags
+from etils import epath
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:arg]).",
@@ -74,7 +76,9 @@ def sample_mode(config, workdir: str) -> str:
       workdir, "samples", f"sample_{sampler}_{steps}steps_w{guidance:g}")
   if jax.process_index() == 0:
     generate.save_grid(images, prefix + ".png", columns=int(np.sum(labels == labels[0])))
-    np.savez(prefix + ".npz", images=generate.to_uint8(images), labels=labels)
+    buffer = io.BytesIO()
+    np.savez(buffer, images=generate.to_uint8(images), labels=labels)
+    epath.Path(prefix + ".npz").write_bytes(buffer.getvalue())
   logging.info("Wrote %s.png and %s.npz", prefix, prefix)
   return prefix
 

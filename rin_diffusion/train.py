@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from etils import epath
 
 from rin_diffusion import (
     checkpointing,
@@ -188,8 +189,14 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
 
 
 def _write_jsonl(path: str, record: dict[str, Any]) -> None:
-  with open(path, "a") as f:
-    f.write(json.dumps(record) + "\n")
+  line = json.dumps(record) + "\n"
+  if "://" not in path:
+    with open(path, "a") as f:
+      f.write(line)
+    return
+  # Object stores (gs://) have no append: rewrite the file, which grows by one line per log step.
+  remote = epath.Path(path)
+  remote.write_text((remote.read_text() if remote.exists() else "") + line)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -204,7 +211,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   is_chief = jax.process_index() == 0
   source = pipeline.make_source(config.dataset)  # Fails early and clearly when data is missing.
 
-  os.makedirs(workdir, exist_ok=True)
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   from clu import metric_writers  # noqa: PLC0415 -- imports TensorFlow; keep it off import paths.
 
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
