@@ -1,0 +1,126 @@
+"""Parameter counts of the paper's RIN architectures, built abstractly (no parameter memory).
+
+  python -m rin_diffusion.tools.param_table
+
+prints a markdown table: Table 1 of the noise-scheduling paper (Chen 2023), our count, the paper's
+count and the count from the closed form in the spec (rin-reference.md section 3.3), then the
+CIFAR-10 and ImageNet-64 as-released architectures of the official configs (spec section 2.8).
+`TABLE1` and `EXTRA_ROWS` are plain data for configs and other tools to reuse.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax.core import meta
+
+from rin_diffusion import model as model_lib
+
+# Fields shared by every Table-1 architecture (16 heads, r = r_t = 4, classes on the latents).
+_TABLE1_COMMON = dict(channels=3, num_classes=1000, tape_dim=512, latent_dim=768, latent_heads=16,
+                      rw_heads=16, latent_mlp_ratio=4, tape_mlp_ratio=4)
+
+
+def _row(name, image_size, patch_size, latent_slots, blocks, paper, spec, input_scale,
+         train_schedule, **overrides):
+  return dict(_TABLE1_COMMON, name=name, image_size=image_size, patch_size=patch_size,
+              latent_slots=latent_slots, blocks=tuple(blocks), paper_params_m=paper,
+              spec_params_m=spec, input_scale=input_scale, train_schedule=train_schedule,
+              **overrides)
+
+
+# Table 1 of the noise-scheduling paper: tokens N x d = (image/patch)^2 x 512; latents L x 768.
+TABLE1: list[dict[str, Any]] = [
+    _row("64x64", 64, 4, 128, (6,) * 4, 214, 214.43, 1.0, "linear"),
+    _row("128x128", 128, 4, 128, (6,) * 4, 215, 214.83, 0.6, "linear"),
+    _row("256x256", 256, 8, 256, (6,) * 6, 319, 319.03, 0.5, "linear"),
+    _row("512x512", 512, 8, 256, (6,) * 6, 320, 320.61, 0.2, "cosine@0.2,1,1"),
+    _row("768x768", 768, 8, 256, (8,) * 6, 408, 408.28, 0.1, "linear"),
+    _row("1024x1024", 1024, 8, 256, (8,) * 6, 412, 411.95, 0.1, "linear"),
+]
+
+# The official pix2seq configs (spec section 2.8). The RIN paper's "31 M" for CIFAR-10 is
+# unverified (spec [P]); the released ImageNet-64 config has no published count.
+EXTRA_ROWS: list[dict[str, Any]] = [
+    dict(name="cifar10 (pix2seq config)", image_size=32, channels=3, num_classes=10, patch_size=2,
+         tape_dim=256, latent_slots=128, latent_dim=512, blocks=(2, 2, 2), latent_mlp_ratio=4,
+         tape_mlp_ratio=2, latent_heads=16, rw_heads=8, drop_units=0.1, drop_path=0.1,
+         paper_params_m=31, spec_params_m=30.95),
+    dict(name="imagenet64 as released", image_size=64, channels=3, num_classes=1000, patch_size=8,
+         tape_dim=512, latent_slots=128, latent_dim=768, blocks=(4, 4, 4, 4), latent_mlp_ratio=4,
+         tape_mlp_ratio=4, latent_heads=16, rw_heads=16, paper_params_m=None,
+         spec_params_m=157.78),
+]
+
+_ROW_ONLY_KEYS = ("name", "paper_params_m", "spec_params_m", "input_scale", "train_schedule")
+
+
+def model_config_for(row: Mapping[str, Any]) -> dict[str, Any]:
+  """The config.model fields of a table row (defaults from config_lib.base_config)."""
+  from rin_diffusion import config_lib  # Local: keeps this module importable on its own.
+
+  fields = dict(config_lib.base_config().model)
+  fields.update({k: v for k, v in row.items() if k not in _ROW_ONLY_KEYS})
+  return fields
+
+
+def count_params(model_config: Mapping[str, Any]) -> int:
+  """Number of parameters of `rin_from_config(model_config)`, via jax.eval_shape (no memory)."""
+  net = model_lib.rin_from_config(model_config)
+  size = net.image_size
+  in_channels = net.channels + net.extra_in_channels
+  args = [jax.ShapeDtypeStruct((1, size, size, in_channels), jnp.float32),
+          jax.ShapeDtypeStruct((1,), jnp.float32)]
+  kwargs = {}
+  if net.num_classes > 0:
+    kwargs["class_onehot"] = jax.ShapeDtypeStruct((1, net.num_classes), jnp.float32)
+  if net.num_extra_tokens > 0:
+    kwargs["extra_gammas"] = jax.ShapeDtypeStruct((1, net.num_extra_tokens), jnp.float32)
+  init = functools.partial(net.init, train=False)
+  variables = jax.eval_shape(init, jax.random.key(0), *args, **kwargs)
+  leaves = jax.tree_util.tree_leaves(meta.unbox(variables["params"]))
+  return int(sum(np.prod(leaf.shape, dtype=np.int64) for leaf in leaves))
+
+
+def _fmt(value, spec: str) -> str:
+  return "n/a" if value is None else format(value, spec)
+
+
+def _table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+  lines = ["| config | ours (M) | paper (M) | spec arithmetic (M) | rel. diff vs paper "
+           "| diff vs spec (M) | ours (exact) |",
+           "|---|---|---|---|---|---|---|"]
+  for row in rows:
+    exact = count_params(model_config_for(row))
+    ours = exact / 1e6
+    paper, spec = row["paper_params_m"], row["spec_params_m"]
+    rel = None if paper is None else (ours - paper) / paper * 100
+    lines.append(f"| {row['name']} | {ours:.2f} | {_fmt(paper, 'd')} | {spec:.2f} "
+                 f"| {_fmt(rel, '+.2f')}{'' if rel is None else ' %'} | {ours - spec:+.3f} | {exact:,} |")
+  return lines
+
+
+def render() -> str:
+  lines = ["Table 1 (Chen 2023, noise scheduling): RIN parameter counts", ""]
+  lines += _table(TABLE1)
+  lines += ["", "Official pix2seq configs (spec section 2.8; the CIFAR-10 paper count is unverified)",
+            ""]
+  lines += _table(EXTRA_ROWS)
+  return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  argv = sys.argv[1:] if argv is None else argv
+  if argv:
+    raise SystemExit(f"param_table takes no arguments, got {list(argv)}")
+  print(render())
+
+
+if __name__ == "__main__":
+  main()
