@@ -13,11 +13,11 @@ from rin_diffusion import config_lib
 
 def get_config(arg: str = ""):
   c = config_lib.base_config()
-  c.total_steps = 4000
+  c.total_steps = 2000  # About 30 minutes on 2 CPU cores (1.3 steps/s at batch 64).
   c.batch_size = 64
   c.log_every_steps = 50
-  c.checkpoint_every_steps = 500
-  c.sample_every_steps = 1000
+  c.checkpoint_every_steps = 250
+  c.sample_every_steps = 500
 
   c.dataset.name = "fashion_mnist"
   c.dataset.image_size = 32

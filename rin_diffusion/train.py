@@ -209,7 +209,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     raise ValueError(f"config.batch_size={config.batch_size} is not divisible by the "
                      f"{jax.process_count()} processes.")
   is_chief = jax.process_index() == 0
-  source = pipeline.make_source(config.dataset)  # Fails early and clearly when data is missing.
+  source = _make_source_chief_first(config.dataset)  # Fails early and clearly if data is missing.
 
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   from clu import metric_writers  # noqa: PLC0415 -- imports TensorFlow; keep it off import paths.
@@ -324,6 +324,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   writer.flush()
   logging.info("Done at step %d in %.1f s.", step, time.time() - start_time)
   return state
+
+
+def _make_source_chief_first(dataset_config: ml_collections.ConfigDict):
+  """Process 0 prepares a dataset that needs preparing (Fashion-MNIST) before the others read it."""
+  if jax.process_count() == 1:
+    return pipeline.make_source(dataset_config)
+  from jax.experimental import multihost_utils  # noqa: PLC0415
+
+  source = pipeline.make_source(dataset_config) if jax.process_index() == 0 else None
+  multihost_utils.sync_global_devices("rin_diffusion_dataset_prepared")
+  return source if source is not None else pipeline.make_source(dataset_config)
 
 
 def _write_sample_grid(sample_fn, state, config, workdir: str, step: int) -> None:

@@ -131,3 +131,18 @@ def _snapshot(workdir: str) -> dict[str, bytes]:
       with open(path, "rb") as f:
         files[os.path.relpath(path, workdir)] = f.read()
   return files
+
+
+def test_sample_mode_writes_grid_and_npz_from_latest_ema(data_root, tmp_path):
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(tu.tiny_config(data_root, total_steps=2, checkpoint_every_steps=2),
+                           workdir)
+  prefix = str(tmp_path / "out" / "samples")
+  result = tu.run_main(workdir, tu.data_flags(data_root) + tu.TINY_FLAGS + [
+      "--mode=sample", "--num_samples=6", "--sampler=ddpm", "--steps=3", "--guidance=2",
+      "--classes=1,7", f"--output={prefix}"])
+  assert result.returncode == 0, result.stderr[-3000:]
+  with np.load(prefix + ".npz") as samples:
+    assert samples["images"].shape == (6, 32, 32, 1) and samples["images"].dtype == np.uint8
+    assert samples["labels"].tolist() == [1, 1, 1, 7, 7, 7]
+  assert Image.open(prefix + ".png").size == (3 * 33 + 1, 2 * 33 + 1)

@@ -9,6 +9,7 @@ import sys
 
 import ml_collections
 
+from rin_diffusion import paper_configs
 from rin_diffusion.data import testing as data_testing
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,12 +31,7 @@ def tiny_config(data_root: str, **overrides) -> ml_collections.ConfigDict:
   A constant rate makes runs of different total_steps identical step for step, which the resume
   tests rely on.
   """
-  import importlib.util
-
-  spec = importlib.util.spec_from_file_location("fashion_mnist_config", TINY_CONFIG)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config("tiny")
+  config = paper_configs.load_config(f"{TINY_CONFIG}:tiny")
   manual_dir, data_dir = fake_fashion_mnist(data_root)
   config.dataset.manual_dir = manual_dir
   config.dataset.data_dir = data_dir
