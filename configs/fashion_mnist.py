@@ -40,6 +40,12 @@ def get_config(arg: str = ""):
   c.diffusion.train_schedule = "sigmoid@-3,3,0.9"  # The reference CIFAR-10 schedule (small images).
   c.diffusion.infer_schedule = "cosine"
   c.diffusion.label_dropout = 0.1  # Enables classifier-free guidance for the sample grids.
+  # The reference RIN predicts eps with an unweighted eps loss. At this 30-minute budget a v head
+  # with the Min-SNR-5 v loss gave visibly cleaner samples (same model, same 2,000 steps: the eps run
+  # left speckle noise in every grid); the ImageNet configs keep the reference eps recipe.
+  c.diffusion.pred_type = "v"
+  c.diffusion.loss_target = "v"
+  c.diffusion.loss_weighting = "min_snr"
 
   c.optimizer.learning_rate = 2e-3
   c.optimizer.warmup_steps = 200
