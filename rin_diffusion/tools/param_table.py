@@ -21,29 +21,30 @@ import numpy as np
 from flax.core import meta
 
 from rin_diffusion import model as model_lib
+from rin_diffusion import paper_configs
 
 # Fields shared by every Table-1 architecture (16 heads, r = r_t = 4, classes on the latents).
-_TABLE1_COMMON = dict(channels=3, num_classes=1000, tape_dim=512, latent_dim=768, latent_heads=16,
-                      rw_heads=16, latent_mlp_ratio=4, tape_mlp_ratio=4)
+# The spec's closed-form count of each Table-1 architecture (spec-rin 3.3), in M.
+SPEC_PARAMS_M = {64: 214.43, 128: 214.83, 256: 319.03, 512: 320.61, 768: 408.28, 1024: 411.95}
 
 
-def _row(name, image_size, patch_size, latent_slots, blocks, paper, spec, input_scale,
-         train_schedule, **overrides):
-  return dict(_TABLE1_COMMON, name=name, image_size=image_size, patch_size=patch_size,
-              latent_slots=latent_slots, blocks=tuple(blocks), paper_params_m=paper,
-              spec_params_m=spec, input_scale=input_scale, train_schedule=train_schedule,
-              **overrides)
+def _table1_row(resolution: int) -> dict[str, Any]:
+  """A Table-1 row (typed once, in paper_configs.TABLE1) as RIN fields plus the reference counts."""
+  paper = paper_configs.TABLE1[resolution]
+  (_, tape_dim), (latent_slots, latent_dim) = paper["tokens"], paper["latents"]
+  return dict(
+      name=f"{resolution}x{resolution}", image_size=resolution, channels=3, num_classes=1000,
+      patch_size=paper["patch"], tape_dim=tape_dim, latent_slots=latent_slots,
+      latent_dim=latent_dim, blocks=tuple(paper["blocks"]), latent_heads=paper["heads"],
+      rw_heads=paper["heads"], latent_mlp_ratio=4, tape_mlp_ratio=4,
+      paper_params_m=paper["params_m"], spec_params_m=SPEC_PARAMS_M[resolution],
+      input_scale=paper["input_scale"],
+      train_schedule="linear" if paper["schedule"] == "1-t" else paper["schedule"])
 
 
 # Table 1 of the noise-scheduling paper: tokens N x d = (image/patch)^2 x 512; latents L x 768.
-TABLE1: list[dict[str, Any]] = [
-    _row("64x64", 64, 4, 128, (6,) * 4, 214, 214.43, 1.0, "linear"),
-    _row("128x128", 128, 4, 128, (6,) * 4, 215, 214.83, 0.6, "linear"),
-    _row("256x256", 256, 8, 256, (6,) * 6, 319, 319.03, 0.5, "linear"),
-    _row("512x512", 512, 8, 256, (6,) * 6, 320, 320.61, 0.2, "cosine@0.2,1,1"),
-    _row("768x768", 768, 8, 256, (8,) * 6, 408, 408.28, 0.1, "linear"),
-    _row("1024x1024", 1024, 8, 256, (8,) * 6, 412, 411.95, 0.1, "linear"),
-]
+TABLE1: list[dict[str, Any]] = [_table1_row(resolution) for resolution in sorted(
+    paper_configs.TABLE1)]
 
 # The official pix2seq configs (spec section 2.8). The RIN paper's "31 M" for CIFAR-10 is
 # unverified (spec [P]); the released ImageNet-64 config has no published count.
