@@ -84,12 +84,9 @@ def make_loss_fn(model: nn.Module, config: ml_collections.ConfigDict):
       return model.apply({"params": params}, x_in, gamma, class_onehot, hidden, train=True,
                          rngs={"dropout": dropout_key})
 
-    hidden_zeros = model_lib.zero_hidden(mcfg, size)
-    if float(dcfg.self_cond_rate) > 0:
-      pred, _ = self_conditioning.self_conditioned_apply(
-          apply_fn, hidden_zeros, pass_key, float(dcfg.self_cond_rate))
-    else:
-      pred, _ = apply_fn(hidden_zeros, pass_key)
+    # With rate 0 the first pass is dead code that XLA removes.
+    pred, _ = self_conditioning.self_conditioned_apply(
+        apply_fn, model_lib.zero_hidden(mcfg, size), pass_key, float(dcfg.self_cond_rate))
     loss, _ = diffusion.diffusion_loss(
         pred, x0=x0, noise=noise, x_t=x_t, gamma=gamma, pred_type=dcfg.pred_type,
         loss_target=dcfg.loss_target, input_scale=input_scale, weighting=dcfg.loss_weighting,
