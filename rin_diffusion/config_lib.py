@@ -108,17 +108,22 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
-_CHOICES = {
-    "diffusion.normalize_input": ("empirical", "analytic", "none"),
-    "diffusion.pred_type": ("eps", "x0", "v"),
-    "diffusion.loss_target": ("eps", "x0", "v"),
-    "diffusion.loss_weighting": ("constant", "snr", "truncated_snr", "min_snr"),
-    "optimizer.name": ("lamb", "adamw"),
-    "sampling.sampler": ("ddpm", "ddpm_small", "ddim"),
-    "nonfinite_loss": ("stop", "skip"),
-    "init_from.params": ("ema", "params"),
-    "model.dtype": ("float32", "bfloat16"),
-}
+def _choices() -> dict[str, tuple[str, ...]]:
+  """Allowed values per field, taken from the modules that implement them."""
+  from rin_diffusion import diffusion, samplers  # noqa: PLC0415 -- configs must load without jax.
+  from rin_diffusion import model as model_lib  # noqa: PLC0415
+
+  return {
+      "diffusion.normalize_input": diffusion.NORMALIZE_MODES,
+      "diffusion.pred_type": diffusion.PRED_TYPES,
+      "diffusion.loss_target": diffusion.LOSS_TARGETS,
+      "diffusion.loss_weighting": diffusion.WEIGHTINGS,
+      "optimizer.name": ("lamb", "adamw"),
+      "sampling.sampler": samplers.SAMPLERS,
+      "nonfinite_loss": ("stop", "skip"),
+      "init_from.params": ("ema", "params"),
+      "model.dtype": tuple(model_lib.DTYPES),
+  }
 
 
 def _get(config: ml_collections.ConfigDict, dotted: str):
@@ -147,7 +152,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"config.{field}={value!r}: must be an integer >= 0 (0 disables).")
   if int(config.keep_checkpoints) < 1:
     raise ValueError(f"config.keep_checkpoints={config.keep_checkpoints!r}: must be >= 1.")
-  for field, allowed in _CHOICES.items():
+  for field, allowed in _choices().items():
     value = _get(config, field)
     if value not in allowed:
       raise ValueError(f"config.{field}={value!r} is not allowed; allowed: {', '.join(allowed)}.")

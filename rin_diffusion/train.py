@@ -201,10 +201,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   """Trains (or resumes) in `workdir` on `devices` (default: all); returns the final state."""
   config_lib.validate(config)
   mesh = sharding.make_mesh(config.mesh, devices)
+  # Every process holds the same number of mesh devices, so this also splits it over processes.
   sharding.check_batch_divisible(int(config.batch_size), mesh)
-  if int(config.batch_size) % jax.process_count():
-    raise ValueError(f"config.batch_size={config.batch_size} is not divisible by the "
-                     f"{jax.process_count()} processes.")
   is_chief = jax.process_index() == 0
   source = _make_source_chief_first(config.dataset)  # Fails early and clearly if data is missing.
 
