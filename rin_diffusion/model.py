@@ -20,6 +20,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -53,11 +54,16 @@ def _dense(features: int, names: tuple[str | None, str | None], name: str, dtype
 
 
 class _Projection(nn.Module):
-  """Dense over the last `num_in_axes` axes into `features`, kernel stored at its full shape.
+  """Dense over the last `num_in_axes` axes into `features`: Keras' EinsumDense, as in its MHA.
 
-  Flax's DenseGeneral initialises a flattened kernel and reshapes it, which breaks logically
-  partitioned initialisers under a mesh; here the kernel is created at (*in, *features) directly,
-  with Glorot fans over the flattened input and output axes (as DenseGeneral would have them).
+  The kernel is created at its full shape (*in, *features) (Flax's DenseGeneral initialises a
+  flattened kernel and reshapes it, which breaks logically partitioned initialisers under a mesh).
+  Its Glorot-uniform fans are the ones Keras computes for that N-D kernel, not those of the
+  flattened matrix: every axis but the last two is "receptive field", so fan_in = shape[-2] * rf
+  and fan_out = shape[-1] * rf. For q/k/v kernels (D, heads, head_dim) the limit is
+  sqrt(6 / (D * (heads + head_dim))); for the output kernel (heads, head_dim, D_out) it is
+  sqrt(6 / (heads * (head_dim + D_out))). Flax's xavier_uniform with its default axes
+  (in -2, out -1, the rest receptive field) is exactly that rule.
   """
   features: tuple[int, ...]
   names: tuple[str | None, ...]
@@ -66,10 +72,8 @@ class _Projection(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    n_in, n_out = self.num_in_axes, len(self.features)
-    init = nn.initializers.xavier_uniform(
-        in_axis=tuple(range(n_in)), out_axis=tuple(range(n_in, n_in + n_out)))
-    kernel = self.param("kernel", _named(init, self.names),
+    n_in = self.num_in_axes
+    kernel = self.param("kernel", _named(_KERNEL_INIT, self.names),
                         tuple(x.shape[-n_in:]) + tuple(self.features), jnp.float32)
     bias = self.param("bias", _named(_ZEROS, self.names[n_in:]), tuple(self.features),
                       jnp.float32)
@@ -278,6 +282,10 @@ class RIN(nn.Module):
                hidden: jax.Array | None = None, extra_gammas: jax.Array | None = None, *,
                train: bool) -> tuple[jax.Array, jax.Array]:
     """x: (B, H, W, channels + extra_in_channels), gamma: (B,) -> (pred, latents)."""
+    chex.assert_rank(x, 4, custom_message="RIN input x: expected (B, H, W, C)")
+    chex.assert_type(x, float, custom_message="RIN input x: expected float images (data scaled "
+                     "to [-1, 1], noised and normalised), not raw integer pixels")
+    chex.assert_rank(gamma, {0, 1}, custom_message="RIN gamma: expected a scalar or (B,)")
     self.check()
     dtype = DTYPES[self.dtype]
     p, d, big_d = self.patch_size, self.tape_dim, self.latent_dim

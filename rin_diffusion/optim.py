@@ -36,52 +36,89 @@ def decay_mask(params: Params) -> Params:
   return jax.tree_util.tree_map_with_path(is_decayed, params)
 
 
-def learning_rate_schedule(config: ml_collections.ConfigDict) -> Callable[[jax.Array], jax.Array]:
-  """Linear warm-up from 0, then the configured decay.
+DECAY_SPECS = ("constant", "cosine", "cosine@rho", "cosine_hold@rho")
 
-  'cosine@rho' is the reference's truncated cosine (spec A1): the half-period is
-  (total - warmup) / rho long, so training stops a fraction rho into it (0.206x the base rate for
-  rho = 0.7) with no constant tail. 'cosine' is 'cosine@1' (decays to 0). 'constant' holds.
+
+def _decay_fraction(decay: str) -> float:
+  """rho of 'cosine@rho' / 'cosine_hold@rho'; raises naming config.optimizer.decay otherwise."""
+  try:
+    rho = float(decay.split("@", 1)[1])
+  except ValueError:
+    rho = float("nan")
+  if not 0.0 < rho <= 1.0:
+    raise ValueError(f"config.optimizer.decay={decay!r}: the fraction after '@' must be a number "
+                     "in (0, 1].")
+  return rho
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict) -> Callable[[jax.Array], jax.Array]:
+  """step -> learning rate: linear warm-up from 0 over warmup_steps, then config.optimizer.decay.
+
+  With s = step - warmup_steps and T = total_steps - warmup_steps (the post-warm-up steps):
+  * 'cosine@rho' is the reference's truncated cosine (spec A1): a cosine half-period of T / rho
+    steps, base * (1 + cos(pi * rho * s / T)) / 2, so training stops a fraction rho into it
+    (0.206x the base rate at the last step for rho = 0.7) with no constant tail.
+  * 'cosine' is 'cosine@1': the cosine reaches 0 at total_steps.
+  * 'cosine_hold@rho' is the other reading of the paper's "cosine (first 70%)" (spec A1): a full
+    cosine from the base rate to 0 over the first rho * T post-warm-up steps, then constant at that
+    end value, 0, for the remaining (1 - rho) * T steps (which then only move the EMA).
+  * 'constant' holds the base rate after the warm-up.
   """
   opt = config.optimizer
   base = float(opt.learning_rate)
   warmup = int(opt.warmup_steps)
   decay = str(opt.decay)
+  post_warmup = max(int(config.total_steps) - warmup, 1)
   if decay == "constant":
-    rho = None
+    cosine_steps = None
   elif decay == "cosine":
-    rho = 1.0
+    cosine_steps = post_warmup
   elif decay.startswith("cosine@"):
-    try:
-      rho = float(decay.split("@", 1)[1])
-    except ValueError:
-      rho = -1.0
-    if not 0.0 < rho <= 1.0:
-      raise ValueError(
-          f"config.optimizer.decay={decay!r}: the fraction after 'cosine@' must be in (0, 1].")
+    cosine_steps = post_warmup / _decay_fraction(decay)
+  elif decay.startswith("cosine_hold@"):
+    cosine_steps = post_warmup * _decay_fraction(decay)
   else:
-    raise ValueError(
-        f"config.optimizer.decay={decay!r} is unknown; allowed: 'constant', 'cosine', 'cosine@rho'.")
-  decay_steps = max(int(config.total_steps) - warmup, 1)
+    raise ValueError(f"config.optimizer.decay={decay!r} is unknown; allowed: "
+                     f"{', '.join(repr(d) for d in DECAY_SPECS)} with rho in (0, 1].")
 
   def schedule(step):
     step = jnp.asarray(step, jnp.float32)
     warm = jnp.minimum(step / max(warmup, 1), 1.0) if warmup > 0 else 1.0
-    if rho is None:
+    if cosine_steps is None:
       factor = 1.0
     else:
-      period = decay_steps / rho
-      progress = jnp.clip(step - warmup, 0.0, period) / period
+      progress = jnp.clip(step - warmup, 0.0, cosine_steps) / cosine_steps
       factor = 0.5 * (1.0 + jnp.cos(math.pi * progress))
     return base * warm * factor
 
   return schedule
 
 
-def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """The optimizer chain from config.optimizer (LAMB or AdamW, optional global-norm clipping)."""
+def _scale_by_learning_rate_argument() -> optax.GradientTransformationExtraArgs:
+  """updates -> -learning_rate * updates, with the rate given to `update(...)` by the caller."""
+
+  def init_fn(params):
+    del params
+    return optax.EmptyState()
+
+  def update_fn(updates, state, params=None, *, learning_rate, **extra_args):
+    del params, extra_args
+    step_size = -jnp.asarray(learning_rate, jnp.float32)
+    return jax.tree.map(lambda u: step_size.astype(u.dtype) * u, updates), state
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformationExtraArgs:
+  """The optimizer chain from config.optimizer (LAMB or AdamW, optional global-norm clipping).
+
+  The learning rate is an argument of every update, not a schedule inside the chain:
+  `tx.update(grads, opt_state, params, learning_rate=learning_rate_schedule(config)(step))`. The
+  trainer's step counter alone drives it, so a skipped (non-finite) step, which keeps the
+  optimizer state but advances the step, cannot put the rate out of step. The state holds only the
+  Adam moments and their count (the number of updates applied, for the bias correction).
+  """
   opt = config.optimizer
-  schedule = learning_rate_schedule(config)
   parts = []
   if float(opt.clip_norm) > 0:
     parts.append(optax.clip_by_global_norm(float(opt.clip_norm)))
@@ -92,7 +129,7 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
     parts.append(optax.masked(optax.scale_by_trust_ratio(), decay_mask))
   elif opt.name != "adamw":
     raise ValueError(f"config.optimizer.name={opt.name!r} is unknown; allowed: 'lamb', 'adamw'.")
-  parts.append(optax.scale_by_learning_rate(schedule))
+  parts.append(_scale_by_learning_rate_argument())
   return optax.chain(*parts)
 
 

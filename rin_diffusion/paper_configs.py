@@ -23,7 +23,8 @@ comma-separated list of tokens (the part after ':' in `--config=configs/imagenet
   steps=<int>         total_steps.
   batch=<int>         batch_size (global).
   lr=<float>          optimizer.learning_rate.
-  decay=<spec>        optimizer.decay ('cosine@0.7', 'constant', ...; checked by validate()).
+  decay=<spec>        optimizer.decay: 'cosine@rho', 'cosine_hold@rho', 'cosine' or 'constant'
+                      (see optim.learning_rate_schedule; checked by validate()).
 
 Order: release/patch8 first, then runlocal, then the key=value tokens, so an explicit value always
 wins (e.g. 'runlocal,steps=100'). A token may appear once. Anything else raises ValueError naming
@@ -43,7 +44,8 @@ Paper vs reference code, and what is chosen (spec-rin section 9):
 * LR decay "Cosine (first 70%)" (Table 2) is the reference's truncated cosine 'cosine@0.7'
   (spec A1): the cosine half-period is stretched to (total - warmup) / 0.7 steps, so training ends
   70 % of the way down, at 0.206x the base LR, with no constant tail. The paper's wording could
-  also be read as "decay over the first 70 %, then hold"; `decay=<spec>` selects another schedule.
+  also be read as "decay over the first 70 %, then hold": `decay=cosine_hold@0.7` is a cosine to
+  0 over the first 70 % of the post-warm-up steps, then a learning rate of 0 for the last 30 %.
 * Patch size at 64 and 128: 4 (the .md version of the paper, and the spec); 8 with `patch8` (the
   .html version of Table 1, and Table 5's "patch size of 8"). The parameter counts do not tell
   them apart (214.43 / 214.48 M at 64, 214.83 / 214.58 M at 128).

@@ -104,9 +104,93 @@ def test_initialisation(small):
   head = np.asarray(params["out_dense"]["kernel"])
   assert np.abs(head).max() > 0  # Glorot, not zero.
   assert np.abs(head).max() <= np.sqrt(6 / (32 + 48)) + 1e-6
-  query = np.asarray(params["block_0_layer_0"]["mha"]["query"]["kernel"])
-  assert np.abs(query).max() <= np.sqrt(6 / (48 + 48)) + 1e-6  # Fans of the flattened (D, D).
-  assert np.abs(query).max() > 0.8 * np.sqrt(6 / (48 + 48))
+
+
+def _uniform_mismatch(w, limit):
+  """Why `w` is not a sample of U(-limit, limit) (None if it is), within 5 sampling std errors."""
+  w = np.ravel(np.asarray(w, np.float64))
+  n = w.size
+  if np.abs(w).max() > limit * (1 + 1e-6):
+    return f"max |w| {np.abs(w).max():.5f} > limit {limit:.5f}"
+  if np.abs(w).max() < limit * (1 - 20 / n):  # P(all n below) = (1 - 20/n)^n ~ e^-20.
+    return f"max |w| {np.abs(w).max():.5f} well below limit {limit:.5f}"
+  # std of U(-L, L) is L / sqrt(3); the relative std error of the sample std is sqrt(0.8 / n) / 2
+  # (Var(w^2) / E[w^2]^2 = (1/5) / (1/9) - 1 = 0.8 for a uniform).
+  expected_std = limit / np.sqrt(3)
+  if abs(w.std() / expected_std - 1) > 5 * np.sqrt(0.8 / n) / 2:
+    return f"std {w.std():.5f} != limit / sqrt(3) = {expected_std:.5f}"
+  if abs(w.mean()) > 5 * expected_std / np.sqrt(n):
+    return f"mean {w.mean():.5f} != 0"
+  return None
+
+
+def test_every_attention_kernel_has_keras_multihead_attention_init(small):
+  """q/k/v/out kernels follow Keras' glorot_uniform on the 3-D kernel (its MultiHeadAttention).
+
+  Keras computes the fans of an N-D kernel with every axis but the last two as receptive field:
+  (D, heads, head_dim) -> fan_in = heads * D, fan_out = head_dim * D;
+  (heads, head_dim, D_out) -> fan_in = head_dim * heads, fan_out = D_out * heads.
+  Glorot over the flattened 2-D matrix (fan_in = D, fan_out = heads * head_dim) is ~2-6x wider.
+  """
+  _, params, _ = small
+  cfg = small_config()
+  tape, latent = cfg.tape_dim, cfg.latent_dim
+  inner = min(tape, latent)
+  # (module, query width, key/value width, heads, head_dim, output width) for each attention.
+  expected = {}
+  for i in range(len(cfg.blocks)):
+    expected[f"block_{i}_read"] = (latent, tape, cfg.rw_heads, inner // cfg.rw_heads, latent)
+    expected[f"block_{i}_write"] = (tape, latent, cfg.rw_heads, inner // cfg.rw_heads, tape)
+    for j in range(cfg.blocks[i]):
+      expected[f"block_{i}_layer_{j}"] = (
+          latent, latent, cfg.latent_heads, latent // cfg.latent_heads, latent)
+  found = {name for name, sub in params.items() if isinstance(sub, dict) and "mha" in sub}
+  assert found == set(expected)
+  checked = 0
+  for name, (q_dim, kv_dim, heads, head_dim, out_dim) in expected.items():
+    mha = params[name]["mha"]
+    for proj, in_dim in (("query", q_dim), ("key", kv_dim), ("value", kv_dim)):
+      kernel = mha[proj]["kernel"]
+      assert kernel.shape == (in_dim, heads, head_dim)
+      keras_limit = np.sqrt(6.0 / (heads * in_dim + head_dim * in_dim))
+      flat_limit = np.sqrt(6.0 / (in_dim + heads * head_dim))
+      assert _uniform_mismatch(kernel, keras_limit) is None, (name, proj, _uniform_mismatch(
+          kernel, keras_limit))
+      assert _uniform_mismatch(kernel, flat_limit) is not None, (name, proj)  # Discriminates.
+      checked += 1
+    kernel = mha["out"]["kernel"]
+    assert kernel.shape == (heads, head_dim, out_dim)
+    keras_limit = np.sqrt(6.0 / (head_dim * heads + out_dim * heads))
+    flat_limit = np.sqrt(6.0 / (heads * head_dim + out_dim))
+    assert _uniform_mismatch(kernel, keras_limit) is None, (name, "out", _uniform_mismatch(
+        kernel, keras_limit))
+    assert _uniform_mismatch(kernel, flat_limit) is not None, (name, "out")
+    checked += 1
+  assert checked == 4 * 6
+
+
+def test_other_kernels_keep_glorot_uniform(small):
+  """Dense kernels: Glorot over (fan_in, fan_out); the patch conv: Keras' (p*p*C, p*p*d)."""
+  _, params, _ = small
+  kernels = {}
+
+  def collect(path, leaf):
+    names = [getattr(k, "key", str(k)) for k in path]
+    if names[-1] == "kernel" and "mha" not in names:
+      kernels["/".join(names)] = np.asarray(leaf)
+
+  jax.tree_util.tree_map_with_path(collect, params)
+  assert "stem_conv/kernel" in kernels and "out_dense/kernel" in kernels
+  assert "time_emb/dense0/kernel" in kernels and "class_proj/kernel" in kernels
+  assert len(kernels) > 10
+  for name, kernel in kernels.items():
+    if kernel.ndim == 2:
+      fan_in, fan_out = kernel.shape
+    else:
+      kh, kw, c_in, c_out = kernel.shape
+      fan_in, fan_out = kh * kw * c_in, kh * kw * c_out
+    limit = np.sqrt(6.0 / (fan_in + fan_out))
+    assert _uniform_mismatch(kernel, limit) is None, (name, _uniform_mismatch(kernel, limit))
 
 
 def test_self_conditioning_adds_zero_at_init(small):
