@@ -4,18 +4,37 @@ A checkpoint holds three items: `state` (step, params, opt_state, ema_params, rn
 (the input pipeline's position, so a resumed run sees exactly the batches an uninterrupted one
 would) and `config` (for humans and for `--mode=sample`). Restores always go through an abstract
 target built for the *current* mesh, so a checkpoint restores onto any device count or mesh.
+
+Before any restore, the checkpoint's array metadata (paths, shapes, dtypes) is compared with the
+state this config builds. A mismatch is bad input, not damage: it raises IncompatibleCheckpointError
+(naming the config fields that differ from the checkpoint's saved config) and touches nothing. Only
+a checkpoint that cannot be read is moved aside to `checkpoints_unreadable/`.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+
+# config.init_from.params -> the state entry it names (config_lib takes the allowed values here).
+INIT_FROM_PARAMS = {"ema": "ema_params", "params": "params"}
+# How many differing config fields and arrays an IncompatibleCheckpointError lists.
+_MAX_LISTED = 8
+# Config fields that can change the state's arrays (parameters, optimizer state).
+_STATE_FIELDS = ("model.", "optimizer.")
+
+
+class IncompatibleCheckpointError(ValueError):
+  """A readable checkpoint whose arrays do not fit this config's state: bad input, not damage."""
 
 
 def checkpoint_dir(workdir: str) -> epath.Path:
@@ -33,10 +52,40 @@ def make_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.Checkpo
       # Incomplete saves (a kill mid-write) are left in tmp dirs; clear them on start.
       cleanup_tmp_directories=True,
   )
+  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options,
+                               item_handlers=_item_handlers())
+
+
+def open_reader(workdir: str) -> ocp.CheckpointManager | None:
+  """A read-only manager of `workdir`'s checkpoints, or None when it has none yet.
+
+  It creates, cleans and writes nothing (unlike make_manager's, which clears half-written saves on
+  start), so the checks of restore_latest happen before the workdir changes at all.
+  """
+  directory = checkpoint_dir(workdir)
+  if not directory.is_dir():
+    return None
   return ocp.CheckpointManager(
-      checkpoint_dir(workdir),
-      options=options,
-      item_names=("state", "data", "config"))
+      directory, options=ocp.CheckpointManagerOptions(create=False, read_only=True),
+      item_handlers=_item_handlers())
+
+
+def close(manager: ocp.CheckpointManager) -> None:
+  """Closes `manager` once its start-up clean-up of half-written saves is done too.
+
+  Orbax's close() does not wait for that background thread, which then fails noisily at
+  interpreter exit when a run ends right after it started (a finished run restarted, say).
+  """
+  await_cleanup = getattr(manager, "_maybe_await_cleanup_tmp_directory", None)
+  if await_cleanup is not None:
+    await_cleanup()
+  manager.close()
+
+
+def _item_handlers() -> dict[str, ocp.CheckpointHandler]:
+  # Explicit handlers (not just item names) make `item_metadata` return the state's array metadata.
+  return {"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler(),
+          "config": ocp.JsonCheckpointHandler()}
 
 
 def save(manager: ocp.CheckpointManager, state: dict[str, Any], data_position: int,
@@ -74,15 +123,28 @@ def _move_aside(manager: ocp.CheckpointManager, step: int) -> str:
   return target
 
 
-def restore_latest(manager: ocp.CheckpointManager,
-                   abstract_state: Any) -> tuple[dict[str, Any], int] | None:
+def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
+                   config: ml_collections.ConfigDict | None = None,
+                   ) -> tuple[dict[str, Any], int] | None:
   """Restores the newest readable checkpoint onto `abstract_state`'s shardings.
 
-  An unreadable newest checkpoint (truncated, corrupted, half-written) is moved to
-  `checkpoints_unreadable/` with a warning naming it, and the previous one is tried.
-  Returns (state, data_position), or None when there is no readable checkpoint.
+  The newest checkpoint's metadata is read first: arrays that do not match `abstract_state` (tree,
+  shapes, dtypes) raise IncompatibleCheckpointError, naming the fields of `config` that differ from
+  the checkpoint's saved config, before anything is moved or written. An unreadable checkpoint
+  (truncated, corrupted, half-written) is moved to `checkpoints_unreadable/` with a warning naming
+  it, and the previous one is tried. Returns (state, data_position), or None when there is no
+  readable checkpoint.
   """
   for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      saved = _state_metadata(manager, step)
+    except Exception as error:  # noqa: BLE001 -- unreadable metadata: a damaged checkpoint.
+      _quarantine(manager, step, error)
+      continue
+    problems = array_mismatches(saved, abstract_state)
+    if problems:
+      raise _incompatible(manager, step, problems, config,
+                          params_match=not any(p.startswith("params.") for p in problems))
     try:
       restored = manager.restore(
           step,
@@ -90,39 +152,180 @@ def restore_latest(manager: ocp.CheckpointManager,
               state=ocp.args.StandardRestore(abstract_state),
               data=ocp.args.JsonRestore(),
           ))
-    except Exception as error:  # noqa: BLE001 -- any failure to read means "skip this one".
-      path = epath.Path(manager.directory) / str(step)
-      moved_to = _move_aside(manager, step)
-      logging.warning(
-          "Checkpoint %s is unreadable (%s: %s); moved it to %s and trying the previous one.",
-          path, type(error).__name__, str(error).splitlines()[0][:300], moved_to)
+    except Exception as error:  # noqa: BLE001 -- any failure to read means "skip this one" ...
+      if "tree structures do not match" in str(error):  # ... unless Orbax says it is a mismatch.
+        raise _incompatible(manager, step, [str(error).splitlines()[0]], config,
+                            params_match=False) from None
+      _quarantine(manager, step, error)
       continue
     position = int(restored["data"]["position"])
     return restored["state"], position
   return None
 
 
-def restore_params_from(workdir: str, which: str, abstract_params: Any) -> Any:
-  """Parameters ('ema' or 'params') of another run's latest checkpoint, for config.init_from."""
-  if which not in ("ema", "params"):
-    raise ValueError(f"config.init_from.params={which!r}; allowed: 'ema', 'params'.")
+def _quarantine(manager: ocp.CheckpointManager, step: int, error: Exception) -> None:
+  path = epath.Path(manager.directory) / str(step)
+  moved_to = _move_aside(manager, step)
+  logging.warning(
+      "Checkpoint %s is unreadable (%s: %s); moved it to %s and trying the previous one.",
+      path, type(error).__name__, (str(error).splitlines() or [""])[0][:300], moved_to)
+
+
+def _state_metadata(manager: ocp.CheckpointManager, step: int) -> Any:
+  """The tree of array metadata (shape, dtype) of checkpoint `step`'s state; reads no arrays."""
+  metadata = manager.item_metadata(step)["state"]
+  if metadata is None:
+    raise ValueError(f"checkpoint {step} has no state metadata")
+  return metadata
+
+
+def _saved_config(manager: ocp.CheckpointManager, step: int) -> dict[str, Any] | None:
+  try:
+    return manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+  except Exception:  # noqa: BLE001 -- the config only explains a mismatch; it is optional.
+    return None
+
+
+def _path_name(path: tuple[Any, ...]) -> str:
+  """'params.stem_conv.kernel' for dict keys, namedtuple fields and sequence indices alike."""
+  names = []
+  for key in path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(key, attr):
+        names.append(str(getattr(key, attr)))
+        break
+    else:
+      names.append(str(key))
+  return ".".join(names)
+
+
+def _is_empty(node: Any) -> bool:
+  return node is None or (isinstance(node, (tuple, list, dict)) and not node)
+
+
+def _array_specs(tree: Any) -> dict[str, str]:
+  """path -> '(shape) dtype', and 'empty' for empty nodes: optax's EmptyState() in a state, None
+  in checkpoint metadata. They hold no arrays but are part of the tree structure a restore needs."""
+  leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_empty)[0]
+  return {_path_name(path): "empty" if _is_empty(leaf) else
+          f"{tuple(leaf.shape)} {np.dtype(leaf.dtype).name}" for path, leaf in leaves}
+
+
+def array_mismatches(saved: Any, expected: Any) -> list[str]:
+  """'path: checkpoint (shape) dtype, this run (shape) dtype' for each array that differs.
+
+  `saved` is a checkpoint's metadata tree, `expected` the abstract tree this run restores onto;
+  dicts, namedtuples and lists compare by their key paths. Parameters are listed first.
+  """
+  saved_specs, expected_specs = _array_specs(saved), _array_specs(expected)
+  problems = []
+  for path in sorted(set(saved_specs) | set(expected_specs),
+                     key=lambda p: (not p.startswith("params."), p)):
+    have = saved_specs.get(path, "absent")
+    want = expected_specs.get(path, "absent")
+    if have != want:
+      problems.append(f"{path}: checkpoint {have}, this run {want}")
+  return problems
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, Mapping):
+      flat.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat
+
+
+def config_differences(saved: Mapping[str, Any] | None,
+                       config: ml_collections.ConfigDict | None) -> dict[str, tuple[str, str]]:
+  """field -> (value in the checkpoint's saved config, value in `config`), for fields that differ.
+
+  Values are reprs; a field missing on one side reads 'absent'.
+  """
+  if saved is None or config is None:
+    return {}
+  have = _flatten(saved)
+  want = _flatten(json.loads(json.dumps(config.to_dict())))  # Tuples become lists, as saved.
+  show = lambda side, k: repr(side[k]) if k in side else "absent"  # noqa: E731
+  return {k: (show(have, k), show(want, k)) for k in sorted(set(have) | set(want))
+          if show(have, k) != show(want, k)}
+
+
+def _listed(items: list[str], separator: str = "; ") -> str:
+  more = f"{separator}and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else ""
+  return separator.join(items[:_MAX_LISTED]) + more
+
+
+def _explain(differences: dict[str, tuple[str, str]]) -> str:
+  """The config differences, those that can change the state's arrays first and with values."""
+  shaping = [f"{k}: checkpoint {a}, this run {b}" for k, (a, b) in differences.items()
+             if k.startswith(_STATE_FIELDS)]
+  others = [k for k in differences if not k.startswith(_STATE_FIELDS)]
+  text = ""
+  if shaping:
+    text += f"Model/optimizer config fields that differ from the checkpoint's: {_listed(shaping)}. "
+  if others:
+    text += f"Other config fields that differ: {_listed(others, ', ')}. "
+  return text
+
+
+def _incompatible(manager: ocp.CheckpointManager, step: int, problems: list[str],
+                  config: ml_collections.ConfigDict | None, *,
+                  params_match: bool) -> IncompatibleCheckpointError:
+  directory = epath.Path(manager.directory)
+  workdir = directory.parent
+  differences = config_differences(_saved_config(manager, step), config)
+  remedy = "To train this config from scratch, use another --workdir"
+  if params_match:
+    remedy += (f"; to start a new run from its parameters, use another --workdir with "
+               f"--config.init_from.workdir={workdir}")
+  if differences:
+    remedy += "; to resume it, rerun with the checkpoint's values"
+  return IncompatibleCheckpointError(
+      f"the checkpoint {directory / str(step)} does not fit this config, so nothing was restored "
+      f"or changed. {_explain(differences)}State entries that differ ({len(problems)}): "
+      f"{_listed(problems[:3])}. {remedy}.")
+
+
+def restore_params_from(workdir: str, which: str, abstract_params: Any,
+                        config: ml_collections.ConfigDict | None = None,
+                        source: str = "config.init_from.workdir") -> Any:
+  """Parameters ('ema' or 'params') of `workdir`'s latest checkpoint, on abstract_params' shardings.
+
+  For config.init_from and for sampling (`source` names the flag in errors). Checks the checkpoint's
+  metadata against `abstract_params` first; reads, never writes or moves anything.
+  """
+  if which not in INIT_FROM_PARAMS:
+    raise ValueError(f"config.init_from.params={which!r}; allowed: "
+                     f"{', '.join(map(repr, INIT_FROM_PARAMS))}.")
   directory = checkpoint_dir(workdir)
-  with ocp.CheckpointManager(directory, item_names=("state", "data", "config")) as manager:
+  advice = "point it at a run that has saved a checkpoint"
+  reader = open_reader(workdir)
+  if reader is None:
+    raise ValueError(f"{source}={workdir}: holds no checkpoint ({directory} does not exist); "
+                     f"{advice}.")
+  with reader as manager:
     step = manager.latest_step()
     if step is None:
-      raise ValueError(f"config.init_from.workdir={workdir!r} holds no checkpoint in {directory}.")
-    key = "ema_params" if which == "ema" else "params"
+      raise ValueError(f"{source}={workdir}: holds no checkpoint ({directory} is empty); {advice}.")
+    key = INIT_FROM_PARAMS[which]
+    try:
+      saved = _state_metadata(manager, step)[key]
+    except Exception as error:  # noqa: BLE001 -- reported as what it is: an unreadable checkpoint.
+      raise ValueError(f"{source}={workdir}: checkpoint {directory / str(step)} is unreadable "
+                       f"({type(error).__name__}: {error}).") from None
+    problems = array_mismatches({key: saved}, {key: abstract_params})
+    if problems:
+      differences = config_differences(_saved_config(manager, step), config)
+      raise IncompatibleCheckpointError(
+          f"{source}={workdir}: the parameters of checkpoint {directory / str(step)} do not fit "
+          f"this config's model. {_explain(differences)}State entries that differ "
+          f"({len(problems)}): {_listed(problems[:3])}. Pass the config that checkpoint was "
+          "trained with.")
     restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-  params = restored["state"][key]
-  expected = jax.tree.structure(abstract_params)
-  if jax.tree.structure(params) != expected:
-    raise ValueError(
-        f"config.init_from.workdir={workdir!r}: its parameters do not match this config's model "
-        f"(tree {jax.tree.structure(params)} vs {expected}).")
-  shapes = [(a.shape, b.shape) for a, b in zip(jax.tree.leaves(params),
-                                               jax.tree.leaves(abstract_params)) if a.shape != b.shape]
-  if shapes:
-    raise ValueError(f"config.init_from.workdir={workdir!r}: parameter shapes differ: {shapes[:3]}")
-  params = jax.device_put(params, jax.tree.map(lambda a: a.sharding, abstract_params))
-  logging.info("Initialised %s from %s step %d.", which, directory, step)
-  return restored["state"][key]
+  params = jax.device_put(restored["state"][key],
+                          jax.tree.map(lambda a: a.sharding, abstract_params))
+  logging.info("Loaded %s parameters from %s step %d.", which, directory, step)
+  return params

@@ -41,6 +41,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -58,14 +59,22 @@ class SampleOutput(NamedTuple):
   x_t: jax.Array  # The final sampler state, at t_end.
 
 
-def time_grid(steps: int, td: float = 0.0, t_end: float = 0.0) -> tuple[jax.Array, jax.Array]:
-  """(t_now, t_next), each float32 of shape (steps,), of the uniform grid over [t_end, 1]."""
+def check_time_grid(steps: int, td: float = 0.0, t_end: float = 0.0) -> None:
+  """Raises ValueError naming the field for a grid `time_grid` cannot build; touches no device.
+
+  Config validation calls this before jax.distributed.initialize, which must precede any jax op.
+  """
   if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or steps < 1:
     raise ValueError(f"config.sampling.steps={steps!r}; allowed: an integer >= 1")
   if not 0.0 <= t_end < 1.0:
     raise ValueError(f"t_end={t_end!r}; allowed: 0 <= t_end < 1")
   if not td > -1.0:
     raise ValueError(f"config.sampling.td={td!r}; allowed: td > -1 (so that t_next < t_now)")
+
+
+def time_grid(steps: int, td: float = 0.0, t_end: float = 0.0) -> tuple[jax.Array, jax.Array]:
+  """(t_now, t_next), each float32 of shape (steps,), of the uniform grid over [t_end, 1]."""
+  check_time_grid(steps, td, t_end)
   i = np.arange(steps, dtype=np.float64)
   span = 1.0 - t_end
   t_now = 1.0 - i / steps * span
@@ -89,6 +98,10 @@ def sample(denoise_fn: DenoiseFn, noise: jax.Array, key: jax.Array, *,
   """
   diffusion.check_choice("config.sampling.sampler", sampler, SAMPLERS)
   diffusion.check_choice("config.diffusion.pred_type", pred_type, diffusion.PRED_TYPES)
+  chex.assert_type(noise, float, custom_message="samplers.sample: noise must be float")
+  chex.assert_tree_shape_prefix(
+      [cond, null_cond, hidden_init], jnp.shape(noise)[:1],
+      custom_message="samplers.sample: cond, null_cond and hidden_init need noise's batch size")
   if isinstance(input_scale, (int, float)) and not input_scale > 0:
     raise ValueError(f"config.diffusion.input_scale={input_scale!r}; allowed: a number > 0")
   t_now, t_next = time_grid(steps, td, t_end)

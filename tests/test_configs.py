@@ -265,3 +265,20 @@ def test_read_fid(tmp_path):
   (tmp_path / "metrics.jsonl").write_text(
       '{"step": 1, "loss": 0.5}\n{"step": 2, "fid": 9.5}\n{"step": 3, "fid": 4.25}\n')
   assert paper_tables.read_fid(str(tmp_path)) == 4.25
+
+
+def test_validate_starts_no_jax_backend():
+  """main validates before jax.distributed.initialize, which fails once any jax op has run."""
+  import subprocess  # noqa: PLC0415
+  import sys  # noqa: PLC0415
+
+  code = (
+      "from jax._src import xla_bridge\n"
+      "from rin_diffusion import config_lib, paper_configs\n"
+      "for path in ('configs/fashion_mnist.py', 'configs/imagenet64.py'):\n"
+      "  config_lib.validate(paper_configs.load_config(path))\n"
+      "assert not xla_bridge.backends_are_initialized(), 'validate() started a jax backend'\n")
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  result = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True,
+                          timeout=120)
+  assert result.returncode == 0, result.stderr[-2000:]

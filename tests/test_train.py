@@ -146,3 +146,19 @@ def test_sample_mode_writes_grid_and_npz_from_latest_ema(data_root, tmp_path):
     assert samples["images"].shape == (6, 32, 32, 1) and samples["images"].dtype == np.uint8
     assert samples["labels"].tolist() == [1, 1, 1, 7, 7, 7]
   assert Image.open(prefix + ".png").size == (3 * 33 + 1, 2 * 33 + 1)
+
+
+def test_core_install_without_tensorflow_trains(tmp_path):
+  """`pip install -e .` has no TensorFlow: training (including preparing Fashion-MNIST from the raw
+  files) must still run, writing metrics.jsonl and checkpoints, and say once that TensorBoard is
+  off."""
+  workdir = str(tmp_path / "run")
+  result = tu.run_main_without_tensorflow(workdir, tu.data_flags(str(tmp_path / "fmnist")) + [
+      "--config.total_steps=2", "--config.checkpoint_every_steps=2", "--config.sample_every_steps=2"])
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert [r["step"] for r in tu.read_metrics(workdir)] == [1, 2]
+  assert "2" in os.listdir(os.path.join(workdir, "checkpoints"))
+  assert os.path.exists(os.path.join(workdir, "samples", "step_2.png"))
+  assert not any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
+  assert result.stderr.count("No TensorBoard events") == 1
+  assert "No module named 'tensorflow'" in result.stderr

@@ -92,3 +92,51 @@ TINY_FLAGS = [
 def data_flags(data_root: str) -> list[str]:
   manual_dir, data_dir = fake_fashion_mnist(data_root)
   return [f"--config.dataset.manual_dir={manual_dir}", f"--config.dataset.data_dir={data_dir}"]
+
+
+def snapshot(workdir: str) -> dict[str, bytes]:
+  """Every file under `workdir` (relative path -> bytes): equal snapshots mean nothing changed."""
+  files = {}
+  for root, dirs, names in os.walk(workdir):
+    for name in dirs:  # Empty directories count too.
+      files[os.path.relpath(os.path.join(root, name), workdir) + "/"] = b""
+    for name in names:
+      path = os.path.join(root, name)
+      with open(path, "rb") as f:
+        files[os.path.relpath(path, workdir)] = f.read()
+  return files
+
+
+def error_line(result: subprocess.CompletedProcess) -> str:
+  """The one `rin_diffusion: error: ...` line of a run that ended in bad input (exit status 2)."""
+  assert result.returncode == 2, (result.returncode, result.stderr[-3000:])
+  assert "Traceback" not in result.stderr, result.stderr[-3000:]
+  lines = [line for line in result.stderr.splitlines() if line.startswith("rin_diffusion: error:")]
+  assert len(lines) == 1, result.stderr[-3000:]
+  return lines[0]
+
+
+# Runs `python -m rin_diffusion.main` as if TensorFlow and TensorBoard were not installed: the path
+# finder no longer finds them, so `import tensorflow` raises ModuleNotFoundError and
+# importlib.util.find_spec('tensorflow') is None, exactly as on a core (no 'tf' extra) install.
+WITHOUT_TENSORFLOW = """
+import importlib.machinery, runpy, sys
+HIDDEN = ("tensorflow", "tensorboard", "tensorboard_data_server")
+class HideTensorFlow:
+  @staticmethod
+  def find_spec(name, path=None, target=None):
+    if name.partition(".")[0] in HIDDEN:
+      return None
+    return importlib.machinery.PathFinder.find_spec(name, path, target)
+sys.meta_path[:] = [HideTensorFlow if f is importlib.machinery.PathFinder else f
+                    for f in sys.meta_path]
+sys.argv[0] = "rin_diffusion.main"
+runpy.run_module("rin_diffusion.main", run_name="__main__", alter_sys=True)
+"""
+
+
+def run_main_without_tensorflow(workdir: str, flags: list[str],
+                                timeout: float = 300) -> subprocess.CompletedProcess:
+  command = [sys.executable, "-c", WITHOUT_TENSORFLOW, f"--config={TINY_CONFIG}:tiny",
+             f"--workdir={workdir}", *flags]
+  return subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=timeout)

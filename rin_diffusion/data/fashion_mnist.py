@@ -60,8 +60,12 @@ def raw_file_paths(raw_dir: str = "") -> dict[str, tuple[str, str]]:
 def read_idx(path: str) -> np.ndarray:
   """Reads an idx file (optionally gzipped): magic 0x0000TTNN (type TT, NN dims), big-endian sizes."""
   opener = gzip.open if os.fspath(path).endswith(".gz") else open
-  with opener(path, "rb") as f:
-    data = f.read()
+  try:
+    with opener(path, "rb") as f:
+      data = f.read()
+  except (OSError, EOFError) as error:  # Truncated or not gzip at all.
+    raise ValueError(f"{path}: cannot be read as an idx file ({type(error).__name__}: {error}); "
+                     "reinstall dataset-fashion-mnist or replace the file.") from None
   if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
     raise ValueError(f"{path}: not an idx file (magic bytes {data[:4].hex()!r}).")
   ndim = data[3]

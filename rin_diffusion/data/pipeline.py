@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import io
+import os
 import threading
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -58,6 +59,21 @@ def validate_dataset_config(dataset_config: ml_collections.ConfigDict) -> None:
     value = dc[field]
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not ok(value):
       raise ValueError(f"config.dataset.{field}={value!r}: must be {allowed}.")
+  for field in ("data_dir", "manual_dir"):
+    _check_directory(f"config.dataset.{field}", dc[field])
+
+
+def _check_directory(name: str, path: Any) -> None:
+  """A local directory path ('' = default) must not run into a file; it need not exist yet."""
+  if not isinstance(path, str):
+    raise ValueError(f"{name}={path!r}: must be a directory path ('' = the default).")
+  if not path or "://" in path:
+    return
+  existing = os.path.abspath(os.path.expanduser(path))
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    raise ValueError(f"{name}={path!r}: {existing} is a file, not a directory; pass a directory.")
 
 
 # ----------------------------------------------------------------------------------------------
