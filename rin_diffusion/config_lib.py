@@ -6,6 +6,8 @@ Configs are data: each file's `get_config(arg)` starts from `base_config()` and 
 
 from __future__ import annotations
 
+import math
+
 import ml_collections
 
 
@@ -92,7 +94,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.optimizer.eps = 1e-8
   c.optimizer.weight_decay = 0.01
   c.optimizer.warmup_steps = 10_000
-  c.optimizer.decay = "cosine@0.7"  # 'cosine@rho' (reference), 'cosine_hold@rho', 'cosine' or 'constant'.
+  # After the linear warm-up (optim.learning_rate_schedule): 'cosine@rho', the reference's truncated
+  # cosine (ends at (1 + cos(pi rho)) / 2 of the base rate, 0.206x for 0.7); 'cosine_hold@rho',
+  # cosine to 0 over the first rho of the post-warm-up steps, then 0; 'cosine' (= 'cosine@1', ends
+  # at 0); 'constant'.
+  c.optimizer.decay = "cosine@0.7"
   c.optimizer.clip_norm = 0.0  # 0: no gradient clipping (the reference LAMB path has none).
   c.optimizer.ema_decay = 0.9999
   c.optimizer.ema_warmup = False  # decay_t = min(decay, (1 + t) / (10 + t)) when on.
@@ -101,16 +107,36 @@ def base_config() -> ml_collections.ConfigDict:
   c.sampling.sampler = "ddpm"  # 'ddpm' (large variance), 'ddpm_small' or 'ddim'.
   c.sampling.steps = 1000
   c.sampling.guidance = 3.0  # Guidance weight for sample grids.
+  # FID samples (evaluation): the reference's official eval sampler, DDPM (large variance) with
+  # 1000 steps, without guidance (spec-rin 6.1 and A22).
+  c.sampling.fid_sampler = "ddpm"
+  c.sampling.fid_steps = 1000
   c.sampling.fid_guidance = 0.0  # Guidance weight for FID.
   c.sampling.td = 0.0
+  # Carry the latents from one sampling step to the next (self-conditioning); False feeds zeros.
+  c.sampling.self_condition = True
   c.sampling.num_samples = 64
   c.sampling.classes = ""  # Comma-separated class ids for grids; '' cycles through classes.
+
+  # Evaluation (rin_diffusion/evaluation/evaluate.py): FID, IS, precision/recall, CAS of EMA samples.
+  c.eval_every_steps = 0  # In-loop evaluation every N steps (0: off); keeps checkpoints_best/.
+  c.eval_num_samples = 50_000
+  c.eval_batch_size = 1024  # Global sampling batch (a multiple of the device count).
+  c.eval = ml_collections.ConfigDict()
+  c.eval.reference = ""  # An .npz of images, or a TFDS 'name:split'; '' = '<dataset.name>:train'.
+  c.eval.num_reference = 50_000  # Reference images for the real statistics and precision/recall.
+  c.eval.inception_weights = ""  # '' = the Inception loader's default weights.
+  # Reference statistics, converted Inception weights and CAS classifiers; '' = the Inception
+  # loader's default ($RIN_DIFFUSION_CACHE, else ~/.cache/rin_diffusion).
+  c.eval.cache_dir = ""
+  c.eval.cas = False  # Classification accuracy score (Fashion-MNIST only: a classifier is trained).
   return c
 
 
 def _choices() -> dict[str, tuple[str, ...]]:
   """Allowed values per field, taken from the modules that implement them."""
-  from rin_diffusion import diffusion, samplers  # noqa: PLC0415 -- configs must load without jax.
+  # noqa below: deferred imports, since configs must load without jax.
+  from rin_diffusion import checkpointing, diffusion, samplers  # noqa: PLC0415
   from rin_diffusion import model as model_lib  # noqa: PLC0415
 
   return {
@@ -120,10 +146,28 @@ def _choices() -> dict[str, tuple[str, ...]]:
       "diffusion.loss_weighting": diffusion.WEIGHTINGS,
       "optimizer.name": ("lamb", "adamw"),
       "sampling.sampler": samplers.SAMPLERS,
+      "sampling.fid_sampler": samplers.SAMPLERS,
       "nonfinite_loss": ("stop", "skip"),
-      "init_from.params": ("ema", "params"),
+      "init_from.params": tuple(checkpointing.INIT_FROM_PARAMS),
       "model.dtype": tuple(model_lib.DTYPES),
   }
+
+
+# Numeric fields: (field, test, what is allowed). Bools are never numbers here.
+_NUMBER_RANGES = (
+    ("optimizer.learning_rate", lambda v: v >= 0, "a number >= 0 (the peak rate after warm-up)"),
+    ("optimizer.b1", lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    ("optimizer.b2", lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    ("optimizer.eps", lambda v: v > 0, "a number > 0"),
+    ("optimizer.weight_decay", lambda v: v >= 0, "a number >= 0 (0: no decay)"),
+    ("optimizer.clip_norm", lambda v: v >= 0, "a number >= 0 (0: no clipping)"),
+    ("optimizer.ema_decay", lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    ("diffusion.input_scale", lambda v: v > 0, "a number > 0"),
+    ("diffusion.min_snr_gamma", lambda v: v > 0, "a number > 0"),
+    ("diffusion.self_cond_rate", lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    ("diffusion.label_dropout", lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    ("sampling.guidance", lambda v: v >= 0, "a number >= 0 (0: no guidance)"),
+)
 
 
 def _get(config: ml_collections.ConfigDict, dotted: str):
@@ -139,8 +183,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   Every message names the field, the value and what is allowed. Checks that need the device count
   (batch divisibility, mesh sizes) happen where the mesh is built.
   """
-  from rin_diffusion import model as model_lib  # Deferred: configs must load without jax.
-  from rin_diffusion import optim, schedules
+  # Deferred: configs must load without jax.
+  from rin_diffusion import generate, optim, samplers, schedules
+  from rin_diffusion import model as model_lib
 
   for field in ("total_steps", "batch_size", "log_every_steps", "checkpoint_every_steps"):
     value = config[field]
@@ -148,10 +193,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"config.{field}={value!r}: must be a positive integer.")
   for field in ("sample_every_steps", "keep_every_steps", "seed"):
     value = config[field]
-    if not isinstance(value, int) or value < 0:
-      raise ValueError(f"config.{field}={value!r}: must be an integer >= 0 (0 disables).")
-  if int(config.keep_checkpoints) < 1:
-    raise ValueError(f"config.keep_checkpoints={config.keep_checkpoints!r}: must be >= 1.")
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+      note = "" if field == "seed" else " (0 disables)"
+      raise ValueError(f"config.{field}={value!r}: must be an integer >= 0{note}.")
+  value = config.keep_checkpoints
+  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    raise ValueError(f"config.keep_checkpoints={value!r}: must be an integer >= 1.")
   for field, allowed in _choices().items():
     value = _get(config, field)
     if value not in allowed:
@@ -161,19 +208,21 @@ def validate(config: ml_collections.ConfigDict) -> None:
       schedules.gamma_fn(_get(config, field))
     except ValueError as error:
       raise ValueError(f"config.{field}: {error}") from None
-  for field in ("diffusion.self_cond_rate", "diffusion.label_dropout"):
+  for field, ok, allowed in _NUMBER_RANGES:
     value = _get(config, field)
-    if not 0.0 <= float(value) <= 1.0:
-      raise ValueError(f"config.{field}={value!r}: must be in [0, 1].")
-  if not float(config.diffusion.input_scale) > 0:
-    raise ValueError(f"config.diffusion.input_scale={config.diffusion.input_scale!r}: must be > 0.")
-  if not 0.0 <= float(config.optimizer.ema_decay) < 1.0:
-    raise ValueError(f"config.optimizer.ema_decay={config.optimizer.ema_decay!r}: must be in [0, 1).")
-  if int(config.optimizer.warmup_steps) < 0:
-    raise ValueError(f"config.optimizer.warmup_steps={config.optimizer.warmup_steps!r}: must be >= 0.")
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+        or not ok(value)):
+      raise ValueError(f"config.{field}={value!r}: must be {allowed}.")
+  value = config.optimizer.warmup_steps
+  if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    raise ValueError(f"config.optimizer.warmup_steps={value!r}: must be an integer >= 0.")
   optim.learning_rate_schedule(config)  # Raises on a malformed config.optimizer.decay.
-  if int(config.sampling.steps) <= 0:
-    raise ValueError(f"config.sampling.steps={config.sampling.steps!r}: must be a positive integer.")
+  samplers.check_time_grid(config.sampling.steps, config.sampling.td)  # Raises on bad steps or td.
+  value = config.sampling.num_samples
+  if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    raise ValueError(f"config.sampling.num_samples={value!r}: must be a positive integer.")
+  generate.class_labels(config, value, config.sampling.classes)  # Raises on bad class ids.
+  _validate_eval(config)
   for field in ("image_size", "channels", "num_classes"):
     data_value, model_value = config.dataset[field], config.model[field]
     if data_value != model_value:
@@ -181,3 +230,36 @@ def validate(config: ml_collections.ConfigDict) -> None:
           f"config.dataset.{field}={data_value!r} differs from config.model.{field}={model_value!r};"
           " they must agree.")
   model_lib.rin_from_config(config.model)  # Raises on inconsistent architecture fields.
+
+
+def _validate_eval(config: ml_collections.ConfigDict) -> None:
+  """The evaluation fields: sampler settings for FID, schedule, sizes, reference and CAS."""
+  from rin_diffusion.evaluation import classifier  # noqa: PLC0415 -- no TF/TFDS at import.
+
+  for field in ("sampling.fid_steps", "eval_num_samples", "eval_batch_size", "eval.num_reference"):
+    value = _get(config, field)
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+      raise ValueError(f"config.{field}={value!r}: must be a positive integer.")
+  value = config.eval_every_steps
+  if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    raise ValueError(f"config.eval_every_steps={value!r}: must be an integer >= 0 (0 disables).")
+  value = config.sampling.fid_guidance
+  if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+      or value < 0):
+    raise ValueError(f"config.sampling.fid_guidance={value!r}: must be a number >= 0.")
+  for field in ("eval.reference", "eval.inception_weights", "eval.cache_dir"):
+    if not isinstance(_get(config, field), str):
+      raise ValueError(f"config.{field}={_get(config, field)!r}: must be a string ('' = default).")
+  reference = config.eval.reference
+  if reference and not (reference.endswith(".npz") or ":" in reference):
+    raise ValueError(
+        f"config.eval.reference={reference!r}: allowed: '' (<dataset.name>:train), a TFDS "
+        "'name:split' or a path to an .npz of images.")
+  if not isinstance(config.eval.cas, bool):
+    raise ValueError(f"config.eval.cas={config.eval.cas!r}: must be True or False.")
+  if config.eval.cas and (config.dataset.name not in classifier.DATASETS
+                          or int(config.model.num_classes) <= 0):
+    raise ValueError(
+        f"config.eval.cas=True needs a class-conditional model on {' or '.join(classifier.DATASETS)}"
+        f" (the CAS classifier is trained for it); got config.dataset.name="
+        f"{config.dataset.name!r}, config.model.num_classes={config.model.num_classes!r}.")

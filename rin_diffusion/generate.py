@@ -1,4 +1,5 @@
-"""Sampling images from a RIN: the denoise function, a jitted sampler an eval loop can call, grids.
+"""Sampling images from a RIN: the denoise function, jitted samplers (one batch, or many images in
+sharded global batches), grids.
 
 The denoise function is where the network meets the diffusion math: it applies the same input
 normalisation as training (the "first layer of the network") and passes the class condition.
@@ -7,8 +8,8 @@ normalisation as training (the "first layer of the network") and passes the clas
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -18,18 +19,24 @@ import numpy as np
 from etils import epath
 from PIL import Image
 
-from rin_diffusion import diffusion, samplers, schedules
+from rin_diffusion import diffusion, samplers, schedules, sharding
 from rin_diffusion import model as model_lib
 
 
 def make_denoise_fn(model: nn.Module, params: Any, diffusion_config: ml_collections.ConfigDict,
-                    ) -> samplers.DenoiseFn:
-  """denoise(x_t, gamma, cond, hidden) -> (raw prediction, hidden) with inference-mode params."""
+                    self_condition: bool = True) -> samplers.DenoiseFn:
+  """denoise(x_t, gamma, cond, hidden) -> (raw prediction, hidden) with inference-mode params.
+
+  self_condition=False hands the network zero latents at every step (what training shows it in the
+  1 - self_cond_rate of examples without self-conditioning): a diagnostic of the carried latents.
+  """
   input_scale = float(diffusion_config.input_scale)
   mode = diffusion_config.normalize_input
 
   def denoise(x_t, gamma, cond, hidden):
     x_in = diffusion.normalize_input(x_t, gamma, input_scale, mode)
+    if not self_condition:
+      hidden = jnp.zeros_like(hidden)
     return model.apply({"params": params}, x_in, gamma, cond.get("class_onehot"), hidden,
                        cond.get("extra_gammas"), train=False)
 
@@ -40,45 +47,174 @@ def class_labels(config: ml_collections.ConfigDict, num_samples: int, classes: s
   """Labels for a grid: the given comma-separated ids, else one row per class in turn."""
   num_classes = int(config.model.num_classes)
   if classes:
+    allowed = (f"allowed: '' (every class in turn) or comma-separated class ids in "
+               f"[0, {max(num_classes, 1)}), e.g. '0,5,7'")
     try:
       ids = [int(c) for c in str(classes).split(",") if c.strip()]
     except ValueError:
-      raise ValueError(f"sampling classes={classes!r}: expected comma-separated integers.") from None
+      raise ValueError(f"config.sampling.classes={classes!r}: {allowed}.") from None
     bad = [c for c in ids if not 0 <= c < max(num_classes, 1)]
     if bad or not ids:
-      raise ValueError(f"sampling classes={classes!r}: ids must be in [0, {num_classes}).")
+      what = f"ids {bad} out of range" if bad else "no class ids"
+      raise ValueError(f"config.sampling.classes={classes!r}: {what}; {allowed}.")
   else:
     ids = list(range(max(num_classes, 1)))
   per_class = -(-num_samples // len(ids))
   return np.repeat(np.asarray(ids, np.int32), per_class)[:num_samples]
 
 
+def _sample_images(model: nn.Module, config: ml_collections.ConfigDict, params: Any, key: jax.Array,
+                   labels: jax.Array, *, sampler: str, steps: int, guidance: float,
+                   t_end: float = 0.0) -> jax.Array:
+  """Images in [0, 1] of shape (N, H, W, C) for the N labels (traced inside a jit)."""
+  dcfg = config.diffusion
+  mcfg = config.model
+  num_classes = int(mcfg.num_classes)
+  batch = labels.shape[0]
+  noise_key, sample_key = jax.random.split(key)
+  noise = jax.random.normal(
+      noise_key, (batch, mcfg.image_size, mcfg.image_size, mcfg.channels), jnp.float32)
+  if num_classes > 0:
+    cond = {"class_onehot": jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)}
+    null_cond = {"class_onehot": jnp.zeros((batch, num_classes), jnp.float32)}
+  else:
+    cond, null_cond = {}, {}
+  out = samplers.sample(
+      make_denoise_fn(model, params, dcfg, bool(config.sampling.self_condition)), noise,
+      sample_key,
+      gamma_fn=schedules.gamma_fn(dcfg.infer_schedule), steps=steps, sampler=sampler,
+      input_scale=float(dcfg.input_scale), pred_type=dcfg.pred_type, cond=cond,
+      null_cond=null_cond, guidance=guidance if num_classes > 0 else 0.0,
+      td=float(config.sampling.td), hidden_init=model_lib.zero_hidden(mcfg, batch), t_end=t_end)
+  return jnp.clip(out.x0 * 0.5 + 0.5, 0.0, 1.0)
+
+
 def make_sample_fn(model: nn.Module, config: ml_collections.ConfigDict, *, sampler: str,
                    steps: int, guidance: float, t_end: float = 0.0) -> Callable[..., jax.Array]:
   """A jitted sample(params, key, labels) -> images in [0, 1] of shape (N, H, W, C)."""
-  dcfg = config.diffusion
-  mcfg = config.model
-  gamma_fn = schedules.gamma_fn(dcfg.infer_schedule)
-  num_classes = int(mcfg.num_classes)
 
   def sample(params, key, labels):
-    batch = labels.shape[0]
-    noise_key, sample_key = jax.random.split(key)
-    noise = jax.random.normal(
-        noise_key, (batch, mcfg.image_size, mcfg.image_size, mcfg.channels), jnp.float32)
-    if num_classes > 0:
-      cond = {"class_onehot": jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)}
-      null_cond = {"class_onehot": jnp.zeros((batch, num_classes), jnp.float32)}
-    else:
-      cond, null_cond = {}, {}
-    out = samplers.sample(
-        make_denoise_fn(model, params, dcfg), noise, sample_key, gamma_fn=gamma_fn, steps=steps,
-        sampler=sampler, input_scale=float(dcfg.input_scale), pred_type=dcfg.pred_type, cond=cond,
-        null_cond=null_cond, guidance=guidance if num_classes > 0 else 0.0,
-        td=float(config.sampling.td), hidden_init=model_lib.zero_hidden(mcfg, batch), t_end=t_end)
-    return jnp.clip(out.x0 * 0.5 + 0.5, 0.0, 1.0)
+    return _sample_images(model, config, params, key, labels, sampler=sampler, steps=steps,
+                          guidance=guidance, t_end=t_end)
 
   return jax.jit(sample)
+
+
+# ----------------------------------------------------------------------------------------------
+# Sampling at scale: many images in fixed-size global batches over every device and process.
+
+
+class SampleBatch(NamedTuple):
+  """One global batch's images on the host, cropped to the requested number of samples."""
+  images: np.ndarray  # uint8 (n, H, W, C), the same rounding as to_uint8.
+  labels: np.ndarray  # int32 (n,): the class each image was conditioned on.
+  indices: np.ndarray  # int64 (n,): the rows' global sample indices, increasing.
+
+
+def make_batched_sample_fn(model: nn.Module, config: ml_collections.ConfigDict,
+                           mesh: jax.sharding.Mesh, *, sampler: str, steps: int,
+                           guidance: float) -> Callable[..., jax.Array]:
+  """A jitted sample(params, key_data, batch_index, labels) -> uint8 images over the batch axis.
+
+  The key of global batch i is fold_in(key, i), so batch i's images depend only on (key, i, its
+  labels, the batch size), never on the device count or on the other batches. The images are
+  rounded to uint8 on the device (4x less to copy to the host).
+  """
+
+  def sample(params, key_data, batch_index, labels):
+    key = jax.random.fold_in(jax.random.wrap_key_data(key_data), batch_index)
+    images = _sample_images(model, config, params, key, labels, sampler=sampler, steps=steps,
+                            guidance=guidance)
+    return jnp.round(images * 255.0).astype(jnp.uint8)
+
+  return jax.jit(sample, out_shardings=sharding.batch_sharding(mesh))
+
+
+def sampling_batch_size(requested: int, num_samples: int, mesh: jax.sharding.Mesh) -> int:
+  """The global batch: `requested`, or fewer when fewer samples are wanted (a device multiple)."""
+  devices = mesh.devices.size
+  if requested <= 0 or requested % devices:
+    raise ValueError(
+        f"config.eval_batch_size={requested} is not a positive multiple of the {devices} devices "
+        f"of the mesh {dict(mesh.shape)}; use a multiple of {devices}.")
+  return min(int(requested), -(-int(num_samples) // devices) * devices)
+
+
+def _host_rows(images: jax.Array, gather: bool) -> tuple[np.ndarray, np.ndarray]:
+  """(global row indices, rows) of a batch-sharded array: this process's rows, or all of them."""
+  if gather or jax.process_count() == 1:
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # noqa: PLC0415
+
+      rows = np.asarray(multihost_utils.process_allgather(images, tiled=True))
+    else:
+      rows = np.asarray(jax.device_get(images))
+    return np.arange(rows.shape[0]), rows
+  shards = {}
+  for shard in images.addressable_shards:  # One per local device; rows in any device order.
+    start = shard.index[0].start or 0
+    shards.setdefault(start, shard)
+  starts = sorted(shards)
+  rows = np.concatenate([np.asarray(shards[s].data) for s in starts])
+  indices = np.concatenate([np.arange(s, s + shards[s].data.shape[0]) for s in starts])
+  return indices, rows
+
+
+def sample_batches(sample_fn: Callable[..., jax.Array], params: Any, key: jax.Array,
+                   labels: np.ndarray, *, batch_size: int, mesh: jax.sharding.Mesh,
+                   gather: bool = False) -> Iterator[SampleBatch]:
+  """Draws len(labels) images in global batches of `batch_size`; yields them on the host.
+
+  `sample_fn` comes from make_batched_sample_fn. Every batch has the same shape (the last one is
+  padded and cropped), so one compiled program serves them all. Batch i + 1 is dispatched before
+  batch i is copied to the host, so at most two batches of images live on the devices and the
+  host work on one overlaps the sampling of the next.
+
+  Multi-process: with gather=False each process gets only the rows its devices computed (its
+  addressable slice, with their global indices: evaluation computes features there and gathers the
+  features, not the images); gather=True gives every process every row (for writing files).
+  """
+  labels = np.asarray(labels, np.int32)
+  num_samples = labels.shape[0]
+  if batch_size <= 0 or batch_size % mesh.devices.size:
+    raise ValueError(f"sampling batch_size={batch_size}: must be a positive multiple of the "
+                     f"{mesh.devices.size} devices of the mesh {dict(mesh.shape)}.")
+  key_data = np.asarray(jax.random.key_data(key))
+  label_sharding = sharding.batch_sharding(mesh)
+  num_batches = -(-num_samples // batch_size)
+
+  def launch(index: int) -> jax.Array:
+    padded = np.zeros((batch_size,), np.int32)
+    chunk = labels[index * batch_size:(index + 1) * batch_size]
+    padded[:chunk.shape[0]] = chunk
+    device_labels = jax.make_array_from_callback(
+        (batch_size,), label_sharding, lambda slices: padded[slices])
+    return sample_fn(params, key_data, np.int32(index), device_labels)
+
+  pending = launch(0) if num_batches else None
+  for index in range(num_batches):
+    current, pending = pending, (launch(index + 1) if index + 1 < num_batches else None)
+    rows, images = _host_rows(current, gather)
+    del current
+    indices = index * batch_size + rows
+    keep = indices < num_samples
+    yield SampleBatch(images=images[keep], labels=labels[indices[keep]], indices=indices[keep])
+
+
+def sample_all(sample_fn: Callable[..., jax.Array], params: Any, key: jax.Array,
+               labels: np.ndarray, *, batch_size: int, mesh: jax.sharding.Mesh) -> np.ndarray:
+  """All len(labels) images as one uint8 host array on every process (for writing files)."""
+  batches = [batch.images for batch in sample_batches(
+      sample_fn, params, key, labels, batch_size=batch_size, mesh=mesh, gather=True)]
+  return np.concatenate(batches)
+
+
+def cycled_labels(num_classes: int, num_samples: int) -> np.ndarray:
+  """Sample j is conditioned on class j mod num_classes (all zeros for unconditional models).
+
+  Every class gets num_samples / num_classes samples (+-1), and any prefix is nearly balanced.
+  """
+  return (np.arange(num_samples) % max(int(num_classes), 1)).astype(np.int32)
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -86,8 +222,8 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
 
 
 def save_grid(images: np.ndarray, path: str, columns: int | None = None) -> None:
-  """Writes (N, H, W, C) images in [0, 1] as one PNG grid with a 1-pixel gap."""
-  images = to_uint8(images)
+  """Writes (N, H, W, C) images (floats in [0, 1], or uint8) as one PNG grid with a 1-pixel gap."""
+  images = images if images.dtype == np.uint8 else to_uint8(images)
   count, height, width, channels = images.shape
   columns = columns or int(np.ceil(np.sqrt(count)))
   rows = -(-count // columns)

@@ -14,6 +14,7 @@ import signal
 import time
 from typing import Any
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -34,6 +35,7 @@ from rin_diffusion import (
 )
 from rin_diffusion import model as model_lib
 from rin_diffusion.data import pipeline
+from rin_diffusion.evaluation import evaluate
 
 
 class NonFiniteLossError(RuntimeError):
@@ -59,7 +61,7 @@ class _PreemptionFlag:
 
 
 def make_loss_fn(model: nn.Module, config: ml_collections.ConfigDict):
-  """loss(params, batch, key) -> (loss, aux) for one global batch."""
+  """loss_fn(params, batch, key) -> the scalar training loss of one global batch."""
   dcfg = config.diffusion
   mcfg = config.model
   gamma_train = schedules.gamma_fn(dcfg.train_schedule)
@@ -96,8 +98,9 @@ def make_loss_fn(model: nn.Module, config: ml_collections.ConfigDict):
   return loss_fn
 
 
-def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
+def make_train_step(model: nn.Module, tx: optax.GradientTransformationExtraArgs,
                     config: ml_collections.ConfigDict):
+  """train_step(state, batch) -> (state, metrics); `tx` from optim.make_optimizer(config)."""
   loss_fn = make_loss_fn(model, config)
   lr_schedule = optim.learning_rate_schedule(config)
   ema_decay = float(config.optimizer.ema_decay)
@@ -108,7 +111,11 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
     # The state keeps raw key data, so that checkpoints hold plain integer arrays.
     key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), step)
     loss, grads = jax.value_and_grad(loss_fn)(state["params"], batch, key)
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    # The step counter alone sets the rate (as it sets the data and the EMA warm-up), so it stays
+    # in step after skipped updates; the optimizer state keeps only what applied updates changed.
+    learning_rate = lr_schedule(step)
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"],
+                                   learning_rate=learning_rate)
     params = optax.apply_updates(state["params"], updates)
     ema_params = optim.update_ema(
         state["ema_params"], params, optim.ema_decay_at(step, ema_decay, ema_warmup))
@@ -125,7 +132,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
         "rng": state["rng"],
         "nonfinite_steps": state["nonfinite_steps"] + jnp.where(finite, 0, 1).astype(jnp.int32),
     }
-    metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": lr_schedule(step)}
+    metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": learning_rate}
     return new_state, metrics
 
   return train_step
@@ -204,28 +211,39 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   # Every process holds the same number of mesh devices, so this also splits it over processes.
   sharding.check_batch_divisible(int(config.batch_size), mesh)
   is_chief = jax.process_index() == 0
+  _check_workdir(workdir)
   source = _make_source_chief_first(config.dataset)  # Fails early and clearly if data is missing.
-
-  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-  from clu import metric_writers  # noqa: PLC0415 -- imports TensorFlow; keep it off import paths.
-
-  writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
   metrics_path = os.path.join(workdir, "metrics.jsonl")
 
   model, tx, init_fn, abstract_state, state_shardings = build(config, mesh)
+  # Read-only until here: a checkpoint that does not fit this config (IncompatibleCheckpointError)
+  # or a bad init_from stops the run before the workdir is created, cleaned or written.
+  restored = init_params = None
+  reader = checkpointing.open_reader(workdir)
+  if reader is not None:
+    with reader:
+      restored = checkpointing.restore_latest(reader, abstract_state, config)
+  if restored is None and config.init_from.workdir:
+    init_params = checkpointing.restore_params_from(
+        config.init_from.workdir, config.init_from.params, abstract_state["params"], config)
+  if jax.process_count() > 1:
+    # No process may create the checkpoint directory before every process has looked for it, or
+    # they would disagree on whether a reader exists and on the collective barriers that follow.
+    from jax.experimental import multihost_utils  # noqa: PLC0415
+
+    multihost_utils.sync_global_devices("rin_diffusion_checkpoints_checked")
+  _make_workdir(workdir)
   manager = checkpointing.make_manager(workdir, config)
-  restored = checkpointing.restore_latest(manager, abstract_state)
+  writer = _make_writer(workdir, is_chief)
   if restored is not None:
     state, position = restored
     logging.info("Resumed from %s at step %d.", manager.directory, int(state["step"]))
   else:
     state, position = init_fn(int(config.seed)), 0
     if config.init_from.workdir:
-      params = checkpointing.restore_params_from(
-          config.init_from.workdir, config.init_from.params, abstract_state["params"])
       copy = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree),
                      out_shardings=state_shardings["params"])
-      state = {**state, "params": copy(params), "ema_params": copy(params)}
+      state = {**state, "params": copy(init_params), "ema_params": copy(init_params)}
   start_step = int(jax.device_get(state["step"]))
   if position != start_step:
     raise RuntimeError(f"Checkpoint inconsistency: data position {position} != step {start_step}.")
@@ -242,6 +260,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       out_shardings=(state_shardings, sharding.replicated(mesh)),
       donate_argnums=0)
   sample_fn = None
+  loop_eval = None
   preemption = _PreemptionFlag()
   preemption.install()
 
@@ -251,7 +270,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   start_time = time.time()
   step = start_step
   while step < total:
-    batch = sharding.global_batch(next(batches), mesh)
+    local_batch = next(batches)
+    _check_batch(local_batch, config.dataset, batches.local_batch_size)
+    batch = sharding.global_batch(local_batch, mesh)
     state, metrics = train_step(state, batch)
     step += 1
     pending.append(metrics)
@@ -314,11 +335,74 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             guidance=float(config.sampling.guidance))
       _write_sample_grid(sample_fn, state, config, workdir, step)
 
+    eval_every = int(config.eval_every_steps)
+    if eval_every and (step % eval_every == 0 or step == total):
+      if loop_eval is None:  # Loads Inception, reference statistics (and the CAS classifier).
+        loop_eval = evaluate.LoopEvaluation(config, model, mesh, workdir, writer)
+      loop_eval(state, step, batches.position)  # metrics.jsonl, writer, checkpoints_best/.
+
+  if loop_eval is not None:
+    loop_eval.close()
   manager.wait_until_finished()
-  manager.close()
+  checkpointing.close(manager)
   writer.flush()
   logging.info("Done at step %d in %.1f s.", step, time.time() - start_time)
   return state
+
+
+def _check_workdir(workdir: str) -> None:
+  """Rejects a workdir that can never hold a run, before any data is prepared or written."""
+  path = epath.Path(workdir)
+  if path.exists() and not path.is_dir():
+    raise ValueError(f"--workdir={workdir}: is a file, not a directory; pass a directory (it is "
+                     "created if missing).")
+
+
+def _make_workdir(workdir: str) -> None:
+  path = epath.Path(workdir)
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+  except OSError as error:
+    raise ValueError(f"--workdir={workdir}: cannot be created ({error.strerror or error}); pass "
+                     "a directory that can be created and written.") from None
+  if "://" not in str(workdir) and not os.access(workdir, os.W_OK | os.X_OK):
+    raise ValueError(f"--workdir={workdir}: is not writable; pass a directory that can be "
+                     "written.")
+
+
+class _LoggingOnlyWriter:
+  """Stands in for clu's metric writer without TensorFlow: metrics.jsonl and the log have it all."""
+
+  def write_scalars(self, step: int, scalars: dict[str, Any]) -> None:
+    del step, scalars
+
+  def write_hparams(self, hparams: dict[str, Any]) -> None:
+    del hparams
+
+  def flush(self) -> None:
+    pass
+
+
+def _make_writer(workdir: str, is_chief: bool):
+  """clu's writer (TensorBoard events on the chief) where TensorFlow imports, else logging only."""
+  try:
+    from clu import metric_writers  # noqa: PLC0415 -- imports TensorFlow; keep it off import paths.
+  except ImportError as error:
+    logging.warning(
+        "No TensorBoard events (%s): metrics go to metrics.jsonl and the log only. Install the "
+        "'tf' extra (pip install -e '.[tf]') for TensorBoard.", error)
+    return _LoggingOnlyWriter()
+  return metric_writers.create_default_writer(workdir, just_logging=not is_chief)
+
+
+def _check_batch(batch: dict[str, np.ndarray], dataset_config: ml_collections.ConfigDict,
+                 local_batch_size: int) -> None:
+  """The pipeline's contract with the train step (host-side, a few comparisons per step)."""
+  size, channels = int(dataset_config.image_size), int(dataset_config.channels)
+  chex.assert_shape(batch["image"], (local_batch_size, size, size, channels))
+  chex.assert_type(batch["image"], np.float32)
+  chex.assert_shape(batch["label"], (local_batch_size,))
+  chex.assert_type(batch["label"], int)
 
 
 def _make_source_chief_first(dataset_config: ml_collections.ConfigDict):

