@@ -25,6 +25,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from rin_diffusion import config_lib
+
 # config.init_from.params -> the state entry it names (config_lib takes the allowed values here).
 INIT_FROM_PARAMS = {"ema": "ema_params", "params": "params"}
 # How many differing config fields and arrays an IncompatibleCheckpointError lists.
@@ -228,16 +230,6 @@ def array_mismatches(saved: Any, expected: Any) -> list[str]:
   return problems
 
 
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, Mapping):
-      flat.update(_flatten(value, f"{prefix}{key}."))
-    else:
-      flat[f"{prefix}{key}"] = value
-  return flat
-
-
 def config_differences(saved: Mapping[str, Any] | None,
                        config: ml_collections.ConfigDict | None) -> dict[str, tuple[str, str]]:
   """field -> (value in the checkpoint's saved config, value in `config`), for fields that differ.
@@ -246,8 +238,8 @@ def config_differences(saved: Mapping[str, Any] | None,
   """
   if saved is None or config is None:
     return {}
-  have = _flatten(saved)
-  want = _flatten(json.loads(json.dumps(config.to_dict())))  # Tuples become lists, as saved.
+  have = config_lib.flatten(saved)
+  want = config_lib.flatten(json.loads(json.dumps(config.to_dict())))  # Tuples become lists, as saved.
   show = lambda side, k: repr(side[k]) if k in side else "absent"  # noqa: E731
   return {k: (show(have, k), show(want, k)) for k in sorted(set(have) | set(want))
           if show(have, k) != show(want, k)}

@@ -7,6 +7,8 @@ Configs are data: each file's `get_config(arg)` starts from `base_config()` and 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import ml_collections
 
@@ -131,6 +133,17 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.cache_dir = ""
   c.eval.cas = False  # Classification accuracy score (Fashion-MNIST only: a classifier is trained).
   return c
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  """{'a': {'b': 1}} -> {'a.b': 1}: a config dict as dotted field names."""
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, Mapping):
+      flat.update(flatten(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat
 
 
 def _choices() -> dict[str, tuple[str, ...]]:

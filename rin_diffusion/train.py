@@ -7,7 +7,6 @@ step, never on how many times the run was restarted or how it is sharded.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -192,17 +191,6 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
   return model, tx, init_fn, abstract_state, state_shardings
 
 
-def _write_jsonl(path: str, record: dict[str, Any]) -> None:
-  line = json.dumps(record) + "\n"
-  if "://" not in path:
-    with open(path, "a") as f:
-      f.write(line)
-    return
-  # Object stores (gs://) have no append: rewrite the file, which grows by one line per log step.
-  remote = epath.Path(path)
-  remote.write_text((remote.read_text() if remote.exists() else "") + line)
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        devices: list[jax.Device] | None = None) -> dict[str, Any]:
   """Trains (or resumes) in `workdir` on `devices` (default: all); returns the final state."""
@@ -248,7 +236,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if position != start_step:
     raise RuntimeError(f"Checkpoint inconsistency: data position {position} != step {start_step}.")
   if is_chief and start_step == 0:
-    writer.write_hparams({k: str(v) for k, v in _flatten(config.to_dict()).items()})
+    writer.write_hparams({k: str(v) for k, v in config_lib.flatten(config.to_dict()).items()})
     logging.info("Parameters: %d", sum(x.size for x in jax.tree.leaves(state["params"])))
 
   batches = pipeline.make_iterator(config, source=source, start_step=start_step,
@@ -311,7 +299,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           "step_losses": [float(m["loss"]) for m in fetched],
       }
       if is_chief:
-        _write_jsonl(metrics_path, record)
+        evaluate.append_jsonl(metrics_path, record)
       writer.write_scalars(step, {k: v for k, v in record.items() if k != "step_losses"})
       eta = (total - step) / max(steps_per_sec, 1e-9)
       logging.info("step %d/%d  loss %.4f  lr %.2e  %.2f steps/s  ETA %s", step, total,
@@ -424,16 +412,6 @@ def _write_sample_grid(sample_fn, state, config, workdir: str, step: int) -> Non
     columns = int(np.sum(labels == labels[0]))
     generate.save_grid(np.asarray(images), os.path.join(workdir, "samples", f"step_{step}.png"),
                        columns=columns)
-
-
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      flat.update(_flatten(value, f"{prefix}{key}."))
-    else:
-      flat[f"{prefix}{key}"] = value
-  return flat
 
 
 def _format_eta(seconds: float) -> str:

@@ -284,6 +284,7 @@ def record(step: int, results: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def append_jsonl(path: str, line: dict[str, Any]) -> None:
+  """Appends one JSON line to metrics.jsonl (the trainer's log records and eval records alike)."""
   text = json.dumps(line) + "\n"
   if "://" not in path:
     with open(path, "a") as f:
