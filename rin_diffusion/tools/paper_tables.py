@@ -231,7 +231,8 @@ def cost_rows(peak_tflops: float = PEAK_TFLOPS, mfu: float = MFU, xla: bool = Tr
     analytic = forward_flops_analytic(c.model)
     forward = forward_flops_xla(c.model) if xla else analytic
     train_flops = 4 * forward * c.batch_size * c.total_steps
-    sample_flops = forward * FID_SAMPLES * c.sampling.steps * (2 if c.sampling.fid_guidance else 1)
+    sample_flops = (forward * FID_SAMPLES * c.sampling.fid_steps
+                    * (2 if c.sampling.fid_guidance else 1))
     rows.append(dict(resolution=resolution, forward_gflops=forward / 1e9,
                      analytic_gflops=analytic / 1e9, steps=c.total_steps, batch=c.batch_size,
                      train_eflops=train_flops / 1e18,
