@@ -71,6 +71,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.drop_path = 0.0
   c.model.drop_att = 0.0
   c.model.tape_pos = "learned"  # 'learned' or 'sincos'.
+  # Std of the learned latents' truncated-normal init (the reference's 0.02). The learned latents
+  # differ from each other only through this table: see docs/demo_diagnosis.md for short budgets.
+  c.model.latent_pos_init_std = 0.02
   c.model.xattn_kv_ln = False
   c.model.time_scaling = 1000.0
   c.model.dtype = "float32"  # Activation dtype: 'float32' or 'bfloat16'.

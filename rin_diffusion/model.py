@@ -256,6 +256,7 @@ class RIN(nn.Module):
   drop_path: float = 0.0
   drop_att: float = 0.0
   tape_pos: str = "learned"
+  latent_pos_init_std: float = 0.02
   xattn_kv_ln: bool = False
   time_scaling: float = 1000.0
   dtype: str = "float32"
@@ -328,8 +329,10 @@ class RIN(nn.Module):
     iface = iface + tape_pos.astype(dtype)[None]
 
     # Latents: learned rows, time token, class token, extra scalar tokens (cascade aug levels).
-    latent_pos = self.param("latent_pos_emb", _named(_POS_EMB_INIT, ("tokens", "embed")),
-                            (self.num_learned_latents, big_d), jnp.float32)
+    latent_pos = self.param(
+        "latent_pos_emb",
+        _named(nn.initializers.truncated_normal(self.latent_pos_init_std), ("tokens", "embed")),
+        (self.num_learned_latents, big_d), jnp.float32)
     parts = [jnp.broadcast_to(latent_pos.astype(dtype)[None],
                               (batch, self.num_learned_latents, big_d))]
     time_emb = ScalarEmbedding(big_d // 4, self.time_scaling, dtype=dtype, name="time_emb")
@@ -425,6 +428,9 @@ def _check_fields(f: Mapping[str, Any]) -> None:
     bad("dtype", f"is not one of {tuple(DTYPES)}")
   if not isinstance(f["time_scaling"], (int, float)) or f["time_scaling"] <= 0:
     bad("time_scaling", "must be positive")
+  if (not isinstance(f["latent_pos_init_std"], (int, float))
+      or isinstance(f["latent_pos_init_std"], bool) or not f["latent_pos_init_std"] > 0):
+    bad("latent_pos_init_std", "must be a positive number (the reference uses 0.02)")
 
 
 def _model_fields(model_config: Mapping[str, Any]) -> dict[str, Any]:
