@@ -201,6 +201,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   is_chief = jax.process_index() == 0
   _check_workdir(workdir)
   source = _make_source_chief_first(config.dataset)  # Fails early and clearly if data is missing.
+  if int(config.eval_every_steps):
+    evaluate.check_inception_weights(config)  # Now, not after the training it would measure.
   metrics_path = os.path.join(workdir, "metrics.jsonl")
 
   model, tx, init_fn, abstract_state, state_shardings = build(config, mesh)
@@ -249,6 +251,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       donate_argnums=0)
   sample_fn = None
   loop_eval = None
+  last_eval = None  # The latest in-loop evaluation's record, summarised on stdout at the end.
   preemption = _PreemptionFlag()
   preemption.install()
 
@@ -327,7 +330,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if eval_every and (step % eval_every == 0 or step == total):
       if loop_eval is None:  # Loads Inception, reference statistics (and the CAS classifier).
         loop_eval = evaluate.LoopEvaluation(config, model, mesh, workdir, writer)
-      loop_eval(state, step, batches.position)  # metrics.jsonl, writer, checkpoints_best/.
+      last_eval = loop_eval(state, step, batches.position)  # metrics.jsonl, writer, best ckpt.
 
   if loop_eval is not None:
     loop_eval.close()
@@ -335,6 +338,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   checkpointing.close(manager)
   writer.flush()
   logging.info("Done at step %d in %.1f s.", step, time.time() - start_time)
+  if is_chief and last_eval is not None:
+    print(evaluate.summary(last_eval, config), flush=True)
   return state
 
 

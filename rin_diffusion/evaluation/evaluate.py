@@ -78,6 +78,21 @@ def load_reference(config: ml_collections.ConfigDict, inception: Any) -> dict[st
   return _chief_first(compute, "rin_diffusion_reference_statistics")
 
 
+def check_inception_weights(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the fix when the FID Inception weights cannot be found.
+
+  The trainer calls this before training when it will evaluate, so that a missing file stops the
+  run at once instead of after the training it was meant to measure.
+  """
+  path = config.eval.inception_weights
+  if path and not os.path.isfile(path):
+    raise ValueError(f"config.eval.inception_weights={path!r}: no such file; allowed: '' (the "
+                     f"default weights, `{inception_lib.INSTALL_COMMAND}`) or an existing "
+                     ".pth / TorchScript file.")
+  if not path:
+    inception_lib.default_weights_path()
+
+
 def load_classifier(config: ml_collections.ConfigDict) -> classifier_lib.Classifier:
   return _chief_first(lambda: classifier_lib.load_or_train(config.dataset, cache_dir(config)),
                       "rin_diffusion_cas_classifier")
@@ -281,6 +296,18 @@ def record(step: int, results: list[dict[str, Any]]) -> dict[str, Any]:
       "images_per_s": float(np.mean([r["timings"]["images_per_s"] for r in results])),
   })
   return line
+
+
+def summary(line: dict[str, Any], config: ml_collections.ConfigDict) -> str:
+  """One human-readable line for a record: what was compared, then each metric that was computed."""
+  shown = (("FID", "fid", "{:.1f}"), ("IS", "is", "{:.2f}"), ("precision", "precision", "{:.3f}"),
+           ("recall", "recall", "{:.3f}"), ("CAS", "cas", "{:.1%}"))
+  metrics_text = ", ".join(f"{label} {form.format(line[key])}" for label, key, form in shown
+                           if line.get(key) is not None)
+  sampler, steps, guidance = fid_settings(config)
+  return (f"Evaluation at step {line['step']}: {int(config.eval_num_samples)} samples ({sampler}, "
+          f"{steps} steps, guidance {guidance:g}) against {int(config.eval.num_reference)} "
+          f"{reference_source(config)} images: {metrics_text}")
 
 
 def append_jsonl(path: str, line: dict[str, Any]) -> None:
