@@ -299,15 +299,17 @@ def record(step: int, results: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def summary(line: dict[str, Any], config: ml_collections.ConfigDict) -> str:
-  """One human-readable line for a record: what was compared, then each metric that was computed."""
+  """One human-readable line for a record: what was compared, then each metric that was computed.
+
+  The samples' count and sampler come from the record itself; the reference from the config.
+  """
   shown = (("FID", "fid", "{:.1f}"), ("IS", "is", "{:.2f}"), ("precision", "precision", "{:.3f}"),
            ("recall", "recall", "{:.3f}"), ("CAS", "cas", "{:.1%}"))
   metrics_text = ", ".join(f"{label} {form.format(line[key])}" for label, key, form in shown
                            if line.get(key) is not None)
-  sampler, steps, guidance = fid_settings(config)
-  return (f"Evaluation at step {line['step']}: {int(config.eval_num_samples)} samples ({sampler}, "
-          f"{steps} steps, guidance {guidance:g}) against {int(config.eval.num_reference)} "
-          f"{reference_source(config)} images: {metrics_text}")
+  return (f"Evaluation at step {line['step']}: {line['num_samples']} samples ({line['sampler']}, "
+          f"{line['steps']} steps, guidance {line['guidance']:g}) against "
+          f"{int(config.eval.num_reference)} {reference_source(config)} images: {metrics_text}")
 
 
 def append_jsonl(path: str, line: dict[str, Any]) -> None:

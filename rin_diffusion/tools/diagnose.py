@@ -5,7 +5,7 @@ how does one sample form? One JSON line on stdout; optionally a trajectory grid.
       --workdir=workdir/fashion_mnist [--trajectory=traj.png] [--config.<field>=...]
   python -m rin_diffusion.tools.diagnose --config=configs/fashion_mnist.py --workdir=init
 
---workdir=init probes freshly initialised parameters (seed config.seed) instead of a checkpoint.
+--workdir=init probes the parameters a run of this config starts from instead of a checkpoint.
 
 * latent_cosine: the mean pairwise cosine similarity (over pairs of distinct learned latents,
   each centred over its feature axis, averaged over 16 real test images) of the learned latents
@@ -27,7 +27,6 @@ import json
 import sys
 from collections.abc import Sequence
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -69,13 +68,10 @@ def main(argv: Sequence[str]) -> None:
 
   config = _CONFIG.value
   mesh = sharding.make_mesh(config.mesh)
-  model, _, _, abstract_state, _ = train.build(config, mesh)
+  model, _, init_fn, abstract_state, _ = train.build(config, mesh)
   mcfg = config.model
-  if _WORKDIR.value == "init":
-    example = jnp.zeros((1, mcfg.image_size, mcfg.image_size, mcfg.channels), jnp.float32)
-    onehot = jnp.zeros((1, mcfg.num_classes), jnp.float32) if mcfg.num_classes else None
-    params = nn.meta.unbox(model.init(jax.random.key(int(config.seed)), example,
-                                      jnp.ones((1,)), onehot, train=False)["params"])
+  if _WORKDIR.value == "init":  # Exactly the parameters a run with this config starts from.
+    params = init_fn(int(config.seed))["params"]
     step = 0
   else:
     params = checkpointing.restore_params_from(_WORKDIR.value, "ema", abstract_state["params"],
