@@ -51,6 +51,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.dataset.num_classes = 1000  # 0: unconditional.
   c.dataset.random_flip = True
   c.dataset.num_workers = 8  # Threads decoding images on each host.
+  # Zero-padded datasets (Fashion-MNIST): the canvas the image is centred on before it is resized
+  # to image_size (0: image_size itself). A cascade's base at 16 with pad_to 32 sees exactly the
+  # low-resolution images of the 16 -> 32 stage (the padded 32 image, resized).
+  c.dataset.pad_to = 0
 
   c.model = ml_collections.ConfigDict()
   c.model.image_size = 64
@@ -107,6 +111,26 @@ def base_config() -> ml_collections.ConfigDict:
   c.optimizer.clip_norm = 0.0  # 0: no gradient clipping (the reference LAMB path has none).
   c.optimizer.ema_decay = 0.9999
   c.optimizer.ema_warmup = False  # decay_t = min(decay, (1 + t) / (10 + t)) when on.
+
+  # Cascade (CDM; rin_diffusion/cascade): a super-resolution stage is an ordinary run whose network
+  # also sees the stage below's image z, augmented at low resolution, upsampled to image_size and
+  # concatenated to x_t's channels (model.extra_in_channels = model.channels), and, with Gaussian
+  # augmentation, gamma of the augmentation level as one extra latent token
+  # (model.num_extra_tokens = 1). low_resolution 0: not a super-resolution stage.
+  c.cascade = ml_collections.ConfigDict()
+  c.cascade.low_resolution = 0
+  c.cascade.upsample = "bicubic"  # 'nearest', 'bilinear' or 'bicubic'.
+  # Gaussian conditioning augmentation, amortised over s ~ U(0, aug_level_max) per example (0: off).
+  # Its forward process must be the stage below's *inference* process (its infer_schedule and
+  # input_scale): truncated sampling hands over that process's state at t = s unchanged.
+  c.cascade.aug_level_max = 0.0
+  c.cascade.aug_schedule = "cosine"
+  c.cascade.aug_input_scale = 1.0
+  # Blur augmentation: per example with probability blur_prob, 3x3 Gaussian, sigma ~ U(blur_sigma).
+  c.cascade.blur_prob = 0.0
+  c.cascade.blur_sigma = (0.4, 0.6)
+  # The level s of the in-loop sample grids, which condition on real low-resolution images.
+  c.cascade.sample_level = 0.0
 
   c.sampling = ml_collections.ConfigDict()
   c.sampling.sampler = "ddpm"  # 'ddpm' (large variance), 'ddpm_small' or 'ddim'.
@@ -246,6 +270,77 @@ def validate(config: ml_collections.ConfigDict) -> None:
           f"config.dataset.{field}={data_value!r} differs from config.model.{field}={model_value!r};"
           " they must agree.")
   model_lib.rin_from_config(config.model)  # Raises on inconsistent architecture fields.
+  _validate_cascade(config)
+
+
+def _is_number(value) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _validate_cascade(config: ml_collections.ConfigDict) -> None:
+  """config.cascade, and the model and data fields a super-resolution stage must agree with."""
+  from rin_diffusion import schedules  # noqa: PLC0415
+
+  cascade, model = config.cascade, config.model
+  pad_to = config.dataset.pad_to
+  if isinstance(pad_to, bool) or not isinstance(pad_to, int) or pad_to < 0:
+    raise ValueError(f"config.dataset.pad_to={pad_to!r}: must be an integer >= 0 (0: image_size).")
+  low = cascade.low_resolution
+  if isinstance(low, bool) or not isinstance(low, int) or low < 0:
+    raise ValueError(f"config.cascade.low_resolution={low!r}: must be an integer >= 0 (0: not a "
+                     "super-resolution stage).")
+  if low == 0:
+    for field in ("extra_in_channels", "num_extra_tokens"):
+      if model[field]:
+        raise ValueError(
+            f"config.model.{field}={model[field]!r} but config.cascade.low_resolution=0: only a "
+            "super-resolution stage has extra inputs; set config.cascade.low_resolution or 0 here.")
+    return
+  size = int(model.image_size)
+  if low > size or size % low:
+    raise ValueError(f"config.cascade.low_resolution={low}: must divide config.model.image_size="
+                     f"{size} (allowed: {', '.join(str(size // k) for k in (2, 4, 8) if size % k == 0)}"
+                     ", ...).")
+  upsample_methods = ("nearest", "bilinear", "bicubic")  # cascade.augment.UPSAMPLE_METHODS
+  if cascade.upsample not in upsample_methods:
+    raise ValueError(f"config.cascade.upsample={cascade.upsample!r} is not allowed; allowed: "
+                     f"{', '.join(upsample_methods)}.")
+  for field in ("aug_level_max", "blur_prob", "sample_level"):
+    value = cascade[field]
+    if not _is_number(value) or not 0.0 <= value <= 1.0:
+      raise ValueError(f"config.cascade.{field}={value!r}: must be a number in [0, 1].")
+  if not _is_number(cascade.aug_input_scale) or not cascade.aug_input_scale > 0:
+    raise ValueError(f"config.cascade.aug_input_scale={cascade.aug_input_scale!r}: must be a "
+                     "number > 0 (the input scale b of the stage below).")
+  try:
+    schedules.gamma_fn(cascade.aug_schedule)
+  except ValueError as error:
+    raise ValueError(f"config.cascade.aug_schedule: {error}") from None
+  sigma = tuple(cascade.blur_sigma) if isinstance(cascade.blur_sigma, (tuple, list)) else None
+  if (sigma is None or len(sigma) != 2 or not all(_is_number(v) for v in sigma)
+      or not 0.0 < sigma[0] <= sigma[1]):
+    raise ValueError(f"config.cascade.blur_sigma={cascade.blur_sigma!r}: must be (min, max) with "
+                     "0 < min <= max, e.g. (0.4, 0.6).")
+  if model.extra_in_channels != model.channels:
+    raise ValueError(
+        f"config.model.extra_in_channels={model.extra_in_channels!r}: a super-resolution stage "
+        f"(config.cascade.low_resolution={low}) concatenates the upsampled image, so it must equal "
+        f"config.model.channels={model.channels!r}.")
+  tokens = 1 if cascade.aug_level_max > 0 else 0
+  if model.num_extra_tokens != tokens:
+    raise ValueError(
+        f"config.model.num_extra_tokens={model.num_extra_tokens!r}: must be {tokens} with "
+        f"config.cascade.aug_level_max={cascade.aug_level_max!r} (one token for the Gaussian "
+        "augmentation level, none without it).")
+  if cascade.sample_level > cascade.aug_level_max:
+    raise ValueError(f"config.cascade.sample_level={cascade.sample_level!r}: must be at most "
+                     f"config.cascade.aug_level_max={cascade.aug_level_max!r} (levels it was "
+                     "trained on).")
+  if config.eval_every_steps:
+    raise ValueError(
+        f"config.eval_every_steps={config.eval_every_steps!r}: must be 0 for a super-resolution "
+        "stage; its samples depend on the stage below, so evaluate the whole cascade with "
+        "python -m rin_diffusion.cascade.")
 
 
 def _validate_eval(config: ml_collections.ConfigDict) -> None:

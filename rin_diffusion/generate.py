@@ -27,6 +27,8 @@ def make_denoise_fn(model: nn.Module, params: Any, diffusion_config: ml_collecti
                     self_condition: bool = True) -> samplers.DenoiseFn:
   """denoise(x_t, gamma, cond, hidden) -> (raw prediction, hidden) with inference-mode params.
 
+  cond: {'class_onehot'?, 'extra_channels'?, 'extra_gammas'?} (train.Conditioning's keys).
+
   self_condition=False hands the network zero latents at every step (what training shows it in the
   1 - self_cond_rate of examples without self-conditioning): a diagnostic of the carried latents.
   """
@@ -35,6 +37,8 @@ def make_denoise_fn(model: nn.Module, params: Any, diffusion_config: ml_collecti
 
   def denoise(x_t, gamma, cond, hidden):
     x_in = diffusion.normalize_input(x_t, gamma, input_scale, mode)
+    if "extra_channels" in cond:  # A super-resolution stage's upsampled low-resolution image.
+      x_in = jnp.concatenate([x_in, cond["extra_channels"]], axis=-1)
     if not self_condition:
       hidden = jnp.zeros_like(hidden)
     return model.apply({"params": params}, x_in, gamma, cond.get("class_onehot"), hidden,
@@ -63,39 +67,53 @@ def class_labels(config: ml_collections.ConfigDict, num_samples: int, classes: s
   return np.repeat(np.asarray(ids, np.int32), per_class)[:num_samples]
 
 
-def _sample_images(model: nn.Module, config: ml_collections.ConfigDict, params: Any, key: jax.Array,
-                   labels: jax.Array, *, sampler: str, steps: int, guidance: float,
-                   t_end: float = 0.0) -> jax.Array:
-  """Images in [0, 1] of shape (N, H, W, C) for the N labels (traced inside a jit)."""
+def sample_output(model: nn.Module, config: ml_collections.ConfigDict, params: Any,
+                  key: jax.Array, labels: jax.Array, *, sampler: str, steps: int, guidance: float,
+                  t_end: float = 0.0, extra_cond: dict[str, jax.Array] | None = None,
+                  noise: jax.Array | None = None) -> samplers.SampleOutput:
+  """The sampler's output (x0-hat in [-1, 1] and the state at t_end) for the N labels.
+
+  extra_cond (a super-resolution stage's inputs, train.Conditioning's keys) is part of the
+  condition *and* of the null condition: guidance drops only the class. noise: the state at
+  t = 1 (default: drawn from `key`). Traced inside a jit.
+  """
   dcfg = config.diffusion
   mcfg = config.model
   num_classes = int(mcfg.num_classes)
   batch = labels.shape[0]
   noise_key, sample_key = jax.random.split(key)
-  noise = jax.random.normal(
-      noise_key, (batch, mcfg.image_size, mcfg.image_size, mcfg.channels), jnp.float32)
+  if noise is None:
+    noise = jax.random.normal(
+        noise_key, (batch, mcfg.image_size, mcfg.image_size, mcfg.channels), jnp.float32)
+  cond, null_cond = dict(extra_cond or {}), dict(extra_cond or {})
   if num_classes > 0:
-    cond = {"class_onehot": jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)}
-    null_cond = {"class_onehot": jnp.zeros((batch, num_classes), jnp.float32)}
-  else:
-    cond, null_cond = {}, {}
-  out = samplers.sample(
+    cond["class_onehot"] = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+    null_cond["class_onehot"] = jnp.zeros((batch, num_classes), jnp.float32)
+  return samplers.sample(
       make_denoise_fn(model, params, dcfg, bool(config.sampling.self_condition)), noise,
       sample_key,
       gamma_fn=schedules.gamma_fn(dcfg.infer_schedule), steps=steps, sampler=sampler,
       input_scale=float(dcfg.input_scale), pred_type=dcfg.pred_type, cond=cond,
       null_cond=null_cond, guidance=guidance if num_classes > 0 else 0.0,
       td=float(config.sampling.td), hidden_init=model_lib.zero_hidden(mcfg, batch), t_end=t_end)
+
+
+def _sample_images(model: nn.Module, config: ml_collections.ConfigDict, params: Any, key: jax.Array,
+                   labels: jax.Array, *, sampler: str, steps: int, guidance: float,
+                   t_end: float = 0.0, extra_cond: dict[str, jax.Array] | None = None) -> jax.Array:
+  """Images in [0, 1] of shape (N, H, W, C) for the N labels (traced inside a jit)."""
+  out = sample_output(model, config, params, key, labels, sampler=sampler, steps=steps,
+                      guidance=guidance, t_end=t_end, extra_cond=extra_cond)
   return jnp.clip(out.x0 * 0.5 + 0.5, 0.0, 1.0)
 
 
 def make_sample_fn(model: nn.Module, config: ml_collections.ConfigDict, *, sampler: str,
                    steps: int, guidance: float, t_end: float = 0.0) -> Callable[..., jax.Array]:
-  """A jitted sample(params, key, labels) -> images in [0, 1] of shape (N, H, W, C)."""
+  """A jitted sample(params, key, labels, extra_cond=None) -> images in [0, 1], (N, H, W, C)."""
 
-  def sample(params, key, labels):
+  def sample(params, key, labels, extra_cond=None):
     return _sample_images(model, config, params, key, labels, sampler=sampler, steps=steps,
-                          guidance=guidance, t_end=t_end)
+                          guidance=guidance, t_end=t_end, extra_cond=extra_cond)
 
   return jax.jit(sample)
 

@@ -196,12 +196,23 @@ def main(argv):
 
   from rin_diffusion import train  # noqa: PLC0415
 
+  super_resolution = int(config.cascade.low_resolution) > 0
+  if super_resolution and _MODE.value != "train":
+    raise ValueError(
+        f"--mode={_MODE.value}: config.cascade.low_resolution={config.cascade.low_resolution} is a "
+        "super-resolution stage, whose samples need the stage below; sample and evaluate it "
+        "with python -m rin_diffusion.cascade --pipeline=... --workdir=...")
   if _MODE.value == "sample":
     sample_mode(config, _WORKDIR.value)
   elif _MODE.value == "eval":
     eval_mode(config, _WORKDIR.value)
   else:
-    train.train_and_evaluate(config, _WORKDIR.value)
+    conditioning = None
+    if super_resolution:
+      from rin_diffusion.cascade import stage  # noqa: PLC0415 -- the CLI wires the cascade in.
+
+      conditioning = stage.conditioning(config)
+    train.train_and_evaluate(config, _WORKDIR.value, conditioning=conditioning)
 
 
 def _one_line(message: str) -> str:

@@ -11,7 +11,8 @@ import logging
 import os
 import signal
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import chex
 import flax.linen as nn
@@ -41,6 +42,17 @@ class NonFiniteLossError(RuntimeError):
   pass
 
 
+class Conditioning(NamedTuple):
+  """A stage's extra network inputs, built from its batch (a cascade's super-resolution stages).
+
+  Each function returns {'extra_channels': (B, H, W, C') concatenated to the normalised x_t,
+  'extra_gammas': (B, k) for the extra latent tokens}, either key optional. The trainer only wires
+  them; rin_diffusion.cascade.stage builds them from config.cascade (nothing here imports it).
+  """
+  train: Callable[[dict[str, jax.Array], jax.Array], dict[str, jax.Array]]  # (batch, key)
+  grid: Callable[[dict[str, jax.Array], jax.Array], dict[str, jax.Array]]  # (batch, key)
+
+
 class _PreemptionFlag:
   """Set by SIGTERM; the loop saves at the next step boundary and exits cleanly."""
 
@@ -59,7 +71,8 @@ class _PreemptionFlag:
     self.requested = True
 
 
-def make_loss_fn(model: nn.Module, config: ml_collections.ConfigDict):
+def make_loss_fn(model: nn.Module, config: ml_collections.ConfigDict,
+                 conditioning: Conditioning | None = None):
   """loss_fn(params, batch, key) -> the scalar training loss of one global batch."""
   dcfg = config.diffusion
   mcfg = config.model
@@ -76,14 +89,21 @@ def make_loss_fn(model: nn.Module, config: ml_collections.ConfigDict):
     noise = jax.random.normal(noise_key, x0.shape, jnp.float32)
     x_t = diffusion.add_noise(x0, gamma, noise, input_scale)
     x_in = diffusion.normalize_input(x_t, gamma, input_scale, dcfg.normalize_input)
+    extra_gammas = None
+    if conditioning is not None:
+      # Its own key (folded, not split) so that unconditional runs keep their random stream.
+      extras = conditioning.train(batch, jax.random.fold_in(key, 1))
+      if "extra_channels" in extras:
+        x_in = jnp.concatenate([x_in, extras["extra_channels"]], axis=-1)
+      extra_gammas = extras.get("extra_gammas")
     onehot = jax.nn.one_hot(batch["label"], num_classes) if num_classes > 0 else None
 
     def apply_fn(hidden, key):
       dropout_key, label_key = jax.random.split(key)
       class_onehot = (self_conditioning.label_dropout(onehot, label_key, dcfg.label_dropout)
                       if onehot is not None else None)
-      return model.apply({"params": params}, x_in, gamma, class_onehot, hidden, train=True,
-                         rngs={"dropout": dropout_key})
+      return model.apply({"params": params}, x_in, gamma, class_onehot, hidden, extra_gammas,
+                         train=True, rngs={"dropout": dropout_key})
 
     # With rate 0 the first pass is dead code that XLA removes.
     pred, _ = self_conditioning.self_conditioned_apply(
@@ -98,9 +118,9 @@ def make_loss_fn(model: nn.Module, config: ml_collections.ConfigDict):
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformationExtraArgs,
-                    config: ml_collections.ConfigDict):
+                    config: ml_collections.ConfigDict, conditioning: Conditioning | None = None):
   """train_step(state, batch) -> (state, metrics); `tx` from optim.make_optimizer(config)."""
-  loss_fn = make_loss_fn(model, config)
+  loss_fn = make_loss_fn(model, config, conditioning)
   lr_schedule = optim.learning_rate_schedule(config)
   ema_decay = float(config.optimizer.ema_decay)
   ema_warmup = bool(config.optimizer.ema_warmup)
@@ -192,9 +212,19 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       devices: list[jax.Device] | None = None) -> dict[str, Any]:
-  """Trains (or resumes) in `workdir` on `devices` (default: all); returns the final state."""
+                       devices: list[jax.Device] | None = None,
+                       conditioning: Conditioning | None = None) -> dict[str, Any]:
+  """Trains (or resumes) in `workdir` on `devices` (default: all); returns the final state.
+
+  A super-resolution stage (config.cascade.low_resolution > 0) needs `conditioning`
+  (rin_diffusion.cascade.stage.conditioning(config); python -m rin_diffusion.main passes it).
+  """
   config_lib.validate(config)
+  if (conditioning is None) != (int(config.cascade.low_resolution) == 0):
+    raise ValueError(
+        f"config.cascade.low_resolution={config.cascade.low_resolution}: train_and_evaluate needs "
+        "conditioning=rin_diffusion.cascade.stage.conditioning(config) exactly for a "
+        "super-resolution stage (low_resolution > 0).")
   mesh = sharding.make_mesh(config.mesh, devices)
   # Every process holds the same number of mesh devices, so this also splits it over processes.
   sharding.check_batch_divisible(int(config.batch_size), mesh)
@@ -245,7 +275,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                    process_index=jax.process_index(),
                                    process_count=jax.process_count())
   train_step = jax.jit(
-      make_train_step(model, tx, config),
+      make_train_step(model, tx, config, conditioning),
       in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
       out_shardings=(state_shardings, sharding.replicated(mesh)),
       donate_argnums=0)
@@ -262,7 +292,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   step = start_step
   while step < total:
     local_batch = next(batches)
-    _check_batch(local_batch, config.dataset, batches.local_batch_size)
+    _check_batch(local_batch, config.dataset, batches.local_batch_size, batches.low_resolution)
     batch = sharding.global_batch(local_batch, mesh)
     state, metrics = train_step(state, batch)
     step += 1
@@ -324,7 +354,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         sample_fn = generate.make_sample_fn(
             model, config, sampler=config.sampling.sampler, steps=int(config.sampling.steps),
             guidance=float(config.sampling.guidance))
-      _write_sample_grid(sample_fn, state, config, workdir, step)
+      _write_sample_grid(sample_fn, state, config, workdir, step, conditioning, source)
 
     eval_every = int(config.eval_every_steps)
     if eval_every and (step % eval_every == 0 or step == total):
@@ -389,13 +419,15 @@ def _make_writer(workdir: str, is_chief: bool):
 
 
 def _check_batch(batch: dict[str, np.ndarray], dataset_config: ml_collections.ConfigDict,
-                 local_batch_size: int) -> None:
+                 local_batch_size: int, low_resolution: int = 0) -> None:
   """The pipeline's contract with the train step (host-side, a few comparisons per step)."""
   size, channels = int(dataset_config.image_size), int(dataset_config.channels)
   chex.assert_shape(batch["image"], (local_batch_size, size, size, channels))
   chex.assert_type(batch["image"], np.float32)
   chex.assert_shape(batch["label"], (local_batch_size,))
   chex.assert_type(batch["label"], int)
+  if low_resolution:
+    chex.assert_shape(batch["low_res"], (local_batch_size, low_resolution, low_resolution, channels))
 
 
 def _make_source_chief_first(dataset_config: ml_collections.ConfigDict):
@@ -409,14 +441,37 @@ def _make_source_chief_first(dataset_config: ml_collections.ConfigDict):
   return source if source is not None else pipeline.make_source(dataset_config)
 
 
-def _write_sample_grid(sample_fn, state, config, workdir: str, step: int) -> None:
-  labels = generate.class_labels(config, int(config.sampling.num_samples), config.sampling.classes)
+def _write_sample_grid(sample_fn, state, config, workdir: str, step: int,
+                       conditioning: Conditioning | None, source) -> None:
+  """samples/step_<N>.png; a super-resolution stage's grid interleaves rows of its inputs.
+
+  Such a stage is conditioned on the first examples of the training source (the same on every
+  process), augmented at config.cascade.sample_level.
+  """
   key = jax.random.fold_in(jax.random.key(int(config.seed) + 1), step)
-  images = jax.device_get(sample_fn(state["ema_params"], key, jnp.asarray(labels)))
+  num_samples = int(config.sampling.num_samples)
+  path = os.path.join(workdir, "samples", f"step_{step}.png")
+  if conditioning is None:
+    labels = generate.class_labels(config, num_samples, config.sampling.classes)
+    images = np.asarray(jax.device_get(sample_fn(state["ema_params"], key, jnp.asarray(labels))))
+    if jax.process_index() == 0:
+      generate.save_grid(images, path, columns=int(np.sum(labels == labels[0])))
+    return
+  real = pipeline.first_examples(source, config.dataset, num_samples,
+                                 int(config.cascade.low_resolution))
+  num_samples = len(real["label"])
+  extras = conditioning.grid({"low_res": jnp.asarray(real["low_res"])}, key)
+  images = np.asarray(jax.device_get(
+      sample_fn(state["ema_params"], key, jnp.asarray(real["label"]), extras)))
   if jax.process_index() == 0:
-    columns = int(np.sum(labels == labels[0]))
-    generate.save_grid(np.asarray(images), os.path.join(workdir, "samples", f"step_{step}.png"),
-                       columns=columns)
+    size = images.shape[1]
+    factor = size // real["low_res"].shape[1]
+    inputs = np.repeat(np.repeat(real["low_res"], factor, axis=1), factor, axis=2)  # Nearest.
+    columns = min(10, num_samples)
+    rows = []  # Input row, sample row, input row, ...
+    for start in range(0, num_samples, columns):
+      rows += [inputs[start:start + columns] * 0.5 + 0.5, images[start:start + columns]]
+    generate.save_grid(np.concatenate(rows), path, columns=columns)
 
 
 def _format_eta(seconds: float) -> str:

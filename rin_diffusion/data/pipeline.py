@@ -187,11 +187,15 @@ def make_source(dataset_config: ml_collections.ConfigDict) -> TfdsSource:
 
 
 def preprocess_image(
-    image: np.ndarray, dataset_config: ml_collections.ConfigDict, flip: bool) -> np.ndarray:
-  """uint8 HWC -> float32 (image_size, image_size, channels) in [-1, 1].
+    image: np.ndarray, dataset_config: ml_collections.ConfigDict, flip: bool,
+    size: int | None = None) -> np.ndarray:
+  """uint8 HWC -> float32 (size, size, channels) in [-1, 1]; size defaults to image_size.
 
-  Fashion-MNIST smaller than image_size: zero-padded, centred (black: -1 after scaling).
-  Otherwise: the largest centred square crop, resized to image_size with PIL's BICUBIC
+  A super-resolution stage's low-resolution image is this same function at its `size`, so the
+  pair (x, z) comes from one crop, one canvas and one flip.
+  Fashion-MNIST no larger than the canvas (config.dataset.pad_to, else image_size): zero-padded,
+  centred on it (black: -1 after scaling), then resized to `size` as below if they differ.
+  Otherwise: the largest centred square crop, resized to `size` with PIL's BICUBIC
   (reducing_gap=None) on uint8. PIL rather than tf.image.resize(bicubic, antialias=True): the same
   Keys a=-0.5 cubic kernel with its support widened by the downscale factor (i.e. antialiased, as
   in the reference), but no TF dependency, PIL releases the GIL so decoding threads run in
@@ -200,24 +204,26 @@ def preprocess_image(
   Grey images are repeated to 3 channels when config.dataset.channels is 3; RGB with channels 1 is
   an error. `flip` mirrors left-right.
   """
-  size, channels = dataset_config.image_size, dataset_config.channels
+  size = int(size or dataset_config.image_size)
+  channels = dataset_config.channels
+  canvas = int(dataset_config.get("pad_to", 0) or dataset_config.image_size)
   image = to_uint8_hwc(image)
   if image.shape[-1] == 3 and channels == 1:
     raise ValueError(
         f"config.dataset.channels=1 but {dataset_config.name!r} images are RGB; allowed: 3 "
         "(grey images can be repeated to 3 channels, not the reverse).")
   height, width = image.shape[:2]
-  if dataset_config.name in PAD_DATASETS and height <= size and width <= size:
-    top, left = (size - height) // 2, (size - width) // 2
-    image = np.pad(image, ((top, size - height - top), (left, size - width - left), (0, 0)))
+  if dataset_config.name in PAD_DATASETS and height <= canvas and width <= canvas:
+    top, left = (canvas - height) // 2, (canvas - width) // 2
+    image = np.pad(image, ((top, canvas - height - top), (left, canvas - width - left), (0, 0)))
   else:
     side = min(height, width)
     top, left = (height - side) // 2, (width - side) // 2
     image = image[top:top + side, left:left + side]
-    if side != size:
-      pil = PIL.Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
-      pil = pil.resize((size, size), PIL.Image.Resampling.BICUBIC, reducing_gap=None)
-      image = np.asarray(pil).reshape(size, size, image.shape[-1])
+  if image.shape[0] != size:
+    pil = PIL.Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+    pil = pil.resize((size, size), PIL.Image.Resampling.BICUBIC, reducing_gap=None)
+    image = np.asarray(pil).reshape(size, size, image.shape[-1])
   if flip:
     image = image[:, ::-1]
   if channels == 3 and image.shape[-1] == 1:
@@ -262,6 +268,7 @@ class BatchIterator:
       start_step: int = 0,
       process_index: int = 0,
       process_count: int = 1,
+      low_resolution: int = 0,
   ):
     validate_dataset_config(dataset_config)
     if global_batch_size <= 0:
@@ -286,6 +293,7 @@ class BatchIterator:
     self.num_examples = len(source)
     if self.num_examples == 0:
       raise ValueError(f"config.dataset: the source {source!r} has no examples.")
+    self.low_resolution = int(low_resolution)
     self._position = int(start_step)
     self._permutations: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
     self._lock = threading.Lock()
@@ -327,10 +335,15 @@ class BatchIterator:
       flips = np.zeros(len(slots), dtype=bool)
     return indices, flips
 
-  def _load(self, index_and_flip: tuple[int, bool]) -> tuple[np.ndarray, int]:
+  def _load(self, index_and_flip: tuple[int, bool]) -> dict[str, Any]:
     index, flip = index_and_flip
     example = self.source[int(index)]
-    return preprocess_image(example["image"], self.dataset_config, flip), int(example["label"])
+    item = {"image": preprocess_image(example["image"], self.dataset_config, flip),
+            "label": int(example["label"])}
+    if self.low_resolution:
+      item["low_res"] = preprocess_image(example["image"], self.dataset_config, flip,
+                                         size=self.low_resolution)
+    return item
 
   def get_batch(self, step: int) -> dict[str, np.ndarray]:
     """This process's slice of batch `step`; a pure function of (seed, step, batch size, layout)."""
@@ -340,10 +353,13 @@ class BatchIterator:
       loaded = [self._load(item) for item in items]
     else:
       loaded = list(self._decode_pool.map(self._load, items))
-    return {
-        "image": np.stack([image for image, _ in loaded]),
-        "label": np.asarray([label for _, label in loaded], dtype=np.int32),
+    batch = {
+        "image": np.stack([item["image"] for item in loaded]),
+        "label": np.asarray([item["label"] for item in loaded], dtype=np.int32),
     }
+    if self.low_resolution:
+      batch["low_res"] = np.stack([item["low_res"] for item in loaded])
+    return batch
 
   def __iter__(self) -> BatchIterator:
     return self
@@ -374,6 +390,21 @@ class BatchIterator:
     self.close()
 
 
+def first_examples(source: RandomAccessSource, dataset_config: ml_collections.ConfigDict,
+                   count: int, low_resolution: int = 0) -> dict[str, np.ndarray]:
+  """Examples 0 .. count - 1 of `source`, unflipped (fixed inputs for sample grids)."""
+  count = min(int(count), len(source))
+  examples = [source[index] for index in range(count)]
+  batch = {
+      "image": np.stack([preprocess_image(e["image"], dataset_config, False) for e in examples]),
+      "label": np.asarray([int(e["label"]) for e in examples], np.int32),
+  }
+  if low_resolution:
+    batch["low_res"] = np.stack([preprocess_image(e["image"], dataset_config, False,
+                                                  size=low_resolution) for e in examples])
+  return batch
+
+
 def make_iterator(
     config: ml_collections.ConfigDict,
     start_step: int = 0,
@@ -382,9 +413,15 @@ def make_iterator(
     *,
     source: RandomAccessSource | None = None,
 ) -> BatchIterator:
-  """Batches `source` (default: make_source(config.dataset)) with config.batch_size and seed."""
+  """Batches `source` (default: make_source(config.dataset)) with config.batch_size and seed.
+
+  A super-resolution stage (config.cascade.low_resolution > 0) also gets 'low_res', float32
+  (local_batch, low, low, C): the same example through the same preprocessing at that size.
+  """
   if source is None:
     source = make_source(config.dataset)
+  cascade = config.get("cascade")
   return BatchIterator(
       source, config.dataset, config.batch_size, config.seed,
-      start_step=start_step, process_index=process_index, process_count=process_count)
+      start_step=start_step, process_index=process_index, process_count=process_count,
+      low_resolution=int(cascade.low_resolution) if cascade is not None else 0)

@@ -1,0 +1,36 @@
+"""The offline demo cascade: a 16x16 base and a 16 -> 32 stage on Fashion-MNIST.
+
+  python -m rin_diffusion.cascade --mode=train --pipeline=configs/cdm/pipeline_fashion_mnist.py \
+      --workdir=workdir/cascade
+  python -m rin_diffusion.cascade --pipeline=configs/cdm/pipeline_fashion_mnist.py \
+      --workdir=workdir/cascade        # 100 samples per level s*, grids and .npz batches
+
+Args: 'truncated' hands the base's state at t = s* to the SR stage instead of re-noising its
+final image; 'tiny' uses the tiny stage configs (tests).
+"""
+
+import ml_collections
+
+
+def get_config(arg: str = ""):
+  tokens = set(filter(None, arg.split(",")))
+  unknown = tokens - {"truncated", "tiny"}
+  if unknown:
+    raise ValueError(f"pipeline_fashion_mnist.py: unknown args {sorted(unknown)}; allowed: "
+                     "'truncated', 'tiny'")
+  suffix = ":tiny" if "tiny" in tokens else ""
+  p = ml_collections.ConfigDict()
+  p.num_samples = 100 if "tiny" not in tokens else 8
+  p.batch_size = 100 if "tiny" not in tokens else 8
+  p.grid_samples = 100
+  p.seed = 0
+  p.classes = ""
+  steps = 50 if "tiny" not in tokens else 3
+  p.stages = [
+      dict(name="base16", config=f"configs/cdm/fashion_mnist_16.py{suffix}", sampler="ddim",
+           steps=steps, guidance=1.0),
+      dict(name="sr32", config=f"configs/cdm/fashion_mnist_16_32.py{suffix}", sampler="ddim",
+           steps=steps, guidance=1.0, truncated="truncated" in tokens,
+           levels=(0.0, 0.1, 0.2, 0.3, 0.5)),
+  ]
+  return p

@@ -1,0 +1,84 @@
+r"""Command line of a cascade: sample it (default), or train its stages one after the other.
+
+  python -m rin_diffusion.cascade --pipeline=configs/cdm/pipeline_fashion_mnist.py \
+      --workdir=workdir/cascade                    # samples every stage and every level s*
+  python -m rin_diffusion.cascade --mode=train --pipeline=... --workdir=workdir/cascade
+
+Each stage is an ordinary run in <workdir>/<stage name>: `--mode=train` is the same as
+`python -m rin_diffusion.main --config=<stage config> --workdir=<workdir>/<stage name>` per stage
+(resuming where a stage stopped). Samples go to --output (default <workdir>/cascade_samples); see
+rin_diffusion/cascade/pipeline.py for the layout. Bad input (pipeline fields, a stage that does
+not fit the one below, a missing workdir or checkpoint) ends in one line
+`rin_diffusion.cascade: error: ...` and exit status 2, before anything is written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+
+from absl import app, flags
+
+_PIPELINE = flags.DEFINE_string("pipeline", None, "Pipeline config file (path[:arg]).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the stage workdirs <name>/.")
+_MODE = flags.DEFINE_enum("mode", "sample", ["sample", "train"],
+                          "sample: the whole cascade; train: every stage in order.")
+_OUTPUT = flags.DEFINE_string("output", "", "Samples directory (default workdir/cascade_samples).")
+_NUM_SAMPLES = flags.DEFINE_integer("num_samples", None, "Overrides pipeline.num_samples.")
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise ValueError(f"unexpected arguments {argv[1:]}: every option is a --flag=value.")
+  if not _PIPELINE.value:
+    raise ValueError("--pipeline is required, e.g. "
+                     "--pipeline=configs/cdm/pipeline_fashion_mnist.py")
+  if not _WORKDIR.value:
+    raise ValueError("--workdir is required: the directory holding one workdir per stage.")
+  from rin_diffusion import paper_configs  # noqa: PLC0415
+
+  try:
+    pipeline = paper_configs.load_config(_PIPELINE.value)
+  except ValueError as error:
+    raise ValueError(f"--pipeline={_PIPELINE.value}: {error}") from None
+  if _NUM_SAMPLES.value is not None:
+    pipeline.num_samples = _NUM_SAMPLES.value
+  logging.getLogger().setLevel(logging.INFO)
+  from rin_diffusion.cascade import pipeline as pipeline_lib  # noqa: PLC0415
+
+  if _MODE.value == "train":
+    train_stages(pipeline_lib, pipeline, _WORKDIR.value)
+    return
+  summary = pipeline_lib.run(pipeline, _WORKDIR.value, _OUTPUT.value)
+  print(json.dumps({"stages": [{k: stage[k] for k in ("name", "seconds", "branches")}
+                               for stage in summary["stages"]], "output": summary["output"]}))
+
+
+def train_stages(pipeline_lib, pipeline, workdir: str) -> None:
+  """Trains every stage of the pipeline in order, each as an ordinary (resumable) run."""
+  from rin_diffusion import train  # noqa: PLC0415
+  from rin_diffusion.cascade import stage as stage_lib  # noqa: PLC0415
+
+  stages = pipeline_lib.load_stages(pipeline)  # Every stage checked before the first trains.
+  for stage in stages:
+    conditioning = (stage_lib.conditioning(stage.config)
+                    if int(stage.config.cascade.low_resolution) else None)
+    logging.info("cascade: training stage %r", stage.name)
+    train.train_and_evaluate(stage.config, os.path.join(workdir, stage.name),
+                             conditioning=conditioning)
+
+
+def run() -> None:
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  try:
+    app.run(main)
+  except ValueError as error:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    print(f"rin_diffusion.cascade: error: {' '.join(lines)}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  run()
