@@ -303,3 +303,20 @@ def test_missing_inception_weights_stop_training_before_it_starts(tmp_path):
   with pytest.raises(ValueError, match=r"config.eval.inception_weights='.*missing.pth': no such"):
     train.train_and_evaluate(config, workdir)
   assert not os.path.exists(workdir)
+
+
+def test_score_images_of_given_images(setup):
+  """score_images (a cascade's final images) against the images' own statistics, shifted."""
+  config, _, _, _ = setup
+  images = np.random.default_rng(3).integers(0, 256, (70, 32, 32, 1), dtype=np.uint8)
+  inception = StandInInception()
+  features = inception.pool3(images)
+  mu, sigma = _stats(features)
+  shift = np.linspace(0.0, 2.0, FEATURES)
+  reference_stats = {"mu": mu + shift, "sigma": sigma, "features": features[:20],
+                     "num_images": 70, "description": "the images themselves"}
+  scores = evaluate.score_images(config, images, np.arange(70) % 10, inception=inception,
+                                 reference_stats=reference_stats)
+  assert scores["fid"] == pytest.approx(float(shift @ shift), rel=1e-6, abs=1e-6)
+  assert scores["precision"] == 1.0 and scores["recall"] == 1.0
+  assert scores["cas"] is None and scores["num_samples"] == 70

@@ -23,7 +23,7 @@ def get_config(arg: str = ""):
   c.checkpoint_every_steps = 300 if arg != "tiny" else c.checkpoint_every_steps
   c.sample_every_steps = c.total_steps
   c.eval_every_steps = 0  # The cascade is evaluated as a whole (python -m rin_diffusion.cascade).
-  c.eval.cas = False
+  c.eval.cas = True  # Scores the cascade's 32x32 output (--evaluate); never run in the loop.
   c.cascade.low_resolution = 16
   c.cascade.upsample = "bicubic"
   c.cascade.aug_level_max = 0.5

@@ -27,6 +27,8 @@ _MODE = flags.DEFINE_enum("mode", "sample", ["sample", "train"],
                           "sample: the whole cascade; train: every stage in order.")
 _OUTPUT = flags.DEFINE_string("output", "", "Samples directory (default workdir/cascade_samples).")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", None, "Overrides pipeline.num_samples.")
+_EVALUATE = flags.DEFINE_bool("evaluate", False, "Sample mode: also FID, precision/recall (and "
+                              "CAS) of every level s* of the last stage (eval.json).")
 
 
 def main(argv) -> None:
@@ -54,6 +56,19 @@ def main(argv) -> None:
   summary = pipeline_lib.run(pipeline, _WORKDIR.value, _OUTPUT.value)
   print(json.dumps({"stages": [{k: stage[k] for k in ("name", "seconds", "branches")}
                                for stage in summary["stages"]], "output": summary["output"]}))
+  if _EVALUATE.value:
+    results = pipeline_lib.evaluate_branches(pipeline, summary)
+    last = summary["stages"][-1]["name"]
+    for branch, scores in results.items():
+      extra = "".join(f", {name} {scores[key]:.3f}" for name, key in
+                      (("precision", "precision"), ("recall", "recall"))
+                      if scores[key] is not None)
+      if scores["cas"] is not None:
+        extra += f", CAS {100 * scores['cas']:.1f}%"
+      print(f"{last} {branch}: FID {scores['fid']:.1f}{extra} ({scores['num_samples']} samples "
+            f"against {scores['num_reference']} reference images)")
+    best = min(results, key=lambda branch: results[branch]["fid"])
+    print(f"Best level by FID: {last} {best} (FID {results[best]['fid']:.1f})")
 
 
 def train_stages(pipeline_lib, pipeline, workdir: str) -> None:

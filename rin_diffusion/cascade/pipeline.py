@@ -393,14 +393,47 @@ def run(pipeline: ml_collections.ConfigDict, workdir: str, output: str = "") -> 
   return summary
 
 
-def load_images(root: epath.Path | str, stage: str, branch: str, num_samples: int) -> np.ndarray:
-  """The first num_samples uint8 images of one (stage, branch), from its batch files in order."""
+def load_images(root: epath.Path | str, stage: str, branch: str, num_samples: int,
+                with_labels: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+  """The first num_samples uint8 images (and labels) of one (stage, branch), in batch order."""
   directory = epath.Path(root) / stage / branch
-  files = sorted(directory.glob("batch_*.npz"))
-  images = []
-  for path in files:
+  images, labels = [], []
+  for path in sorted(directory.glob("batch_*.npz")):
     with path.open("rb") as f, np.load(f) as data:
       images.append(data["images"])
+      labels.append(data["labels"])
   if not images:
     raise ValueError(f"{directory}: no batch_*.npz files")
-  return np.concatenate(images)[:num_samples]
+  images = np.concatenate(images)[:num_samples]
+  return (images, np.concatenate(labels)[:num_samples]) if with_labels else images
+
+
+def evaluate_branches(pipeline: ml_collections.ConfigDict, summary: dict[str, Any]
+                      ) -> dict[str, dict[str, Any]]:
+  """FID, precision/recall (and CAS) of every branch of the last stage; writes eval.json.
+
+  Scored with the last stage's config.eval (reference images, Inception, CAS classifier), so the
+  sweep over s* can be read off as one number per level.
+  """
+  # noqa: PLC0415 below -- evaluation modules load Inception and TFDS; only sampling needs none.
+  from rin_diffusion.evaluation import evaluate  # noqa: PLC0415
+  from rin_diffusion.evaluation import inception as inception_lib  # noqa: PLC0415
+
+  last = summary["stages"][-1]
+  config = load_stages(pipeline)[-1].config
+  inception = inception_lib.load_inception(
+      config.eval.inception_weights or None, cache_dir=config.eval.cache_dir or None)
+  reference_stats = evaluate.load_reference(config, inception)
+  classifier = evaluate.load_classifier(config) if config.eval.cas else None
+  results = {}
+  for branch in last["branches"]:
+    images, labels = load_images(summary["output"], last["name"], branch,
+                                 summary["num_samples"], with_labels=True)
+    scores = evaluate.score_images(config, images, labels, inception=inception,
+                                   reference_stats=reference_stats, classifier=classifier)
+    results[branch] = {k: scores[k] for k in ("fid", "precision", "recall", "cas",
+                                              "num_samples", "num_reference", "reference")}
+    logging.info("cascade eval %s/%s: %s", last["name"], branch, results[branch])
+  if jax.process_index() == 0:
+    (epath.Path(summary["output"]) / "eval.json").write_text(json.dumps(results, indent=1))
+  return results

@@ -204,41 +204,11 @@ def make_evaluator(config: ml_collections.ConfigDict, model: nn.Module, mesh: ja
       raise RuntimeError(f"Evaluation gathered {rows['index'].shape[0]} of {num_samples} samples.")
 
     tick = time.time()
-    notes = []
-    # For N <= 2048 samples one N x N eigendecomposition instead of two 2048 x 2048 ones.
-    fid = metrics.frechet_distance_to_features(rows["pool3"], reference_stats["mu"],
-                                               reference_stats["sigma"])
-    inception_score = inception_score_std = None
-    if "logits" in rows:
-      splits = min(IS_SPLITS, num_samples)
-      inception_score, inception_score_std = metrics.inception_score(rows["logits"], splits)
-    else:
-      notes.append(f"inception_score: None: the Inception weights ({inception.source}) have no "
-                   "1008-way logits layer; pass a pytorch-fid .pth with config.eval."
-                   "inception_weights for IS.")
-    real = np.asarray(reference_stats["features"], np.float32)
-    pr_count = min(num_samples, real.shape[0])
-    precision = recall = None
-    if pr_count > PR_NEIGHBOURS:
-      precision, recall = metrics.precision_recall(real[:pr_count], rows["pool3"][:pr_count],
-                                                   k=PR_NEIGHBOURS)
-    else:
-      notes.append(f"precision/recall: None: need more than k={PR_NEIGHBOURS} samples and "
-                   "reference features.")
-    cas = cas_per_class = None
-    if predict is not None:
-      cas, cas_per_class = classifier_lib.accuracy(rows["predicted"], rows["label"],
-                                                   classifier.num_classes)
+    scores = _scores(rows, reference_stats, classifier, inception)
     metrics_s = time.time() - tick
     total_s = time.time() - start
     return {
-        "fid": float(fid),
-        "inception_score": inception_score,
-        "inception_score_std": inception_score_std,
-        "precision": precision,
-        "recall": recall,
-        "cas": cas,
-        "cas_per_class": cas_per_class,
+        **{k: v for k, v in scores.items() if k not in ("precision_recall_samples", "notes")},
         "num_samples": int(num_samples),
         "seed": int(seed),
         "sampler": sampler,
@@ -250,10 +220,10 @@ def make_evaluator(config: ml_collections.ConfigDict, model: nn.Module, mesh: ja
         "inception": str(inception.source),
         "reference": reference_stats["description"],
         "num_reference": int(reference_stats["num_images"]),
-        "precision_recall_samples": int(pr_count) if precision is not None else 0,
+        "precision_recall_samples": scores["precision_recall_samples"],
         "classifier": None if classifier is None else {
             "path": classifier.path, "test_accuracy": classifier.test_accuracy},
-        "notes": notes,
+        "notes": scores["notes"],
         "timings": {
             "sampling_s": sampling_s, "inception_s": inception_s, "classifier_s": classifier_s,
             "metrics_s": metrics_s, "total_s": total_s,
@@ -262,6 +232,72 @@ def make_evaluator(config: ml_collections.ConfigDict, model: nn.Module, mesh: ja
     }
 
   return evaluator
+
+
+def _scores(rows: dict[str, np.ndarray], reference_stats: dict[str, Any],
+            classifier: classifier_lib.Classifier | None, inception: Any) -> dict[str, Any]:
+  """FID, IS, precision/recall and CAS of gathered rows ('pool3', 'logits'?, 'predicted'?,
+  'label')."""
+  notes = []
+  num_samples = rows["pool3"].shape[0]
+  # For N <= 2048 samples one N x N eigendecomposition instead of two 2048 x 2048 ones.
+  fid = metrics.frechet_distance_to_features(rows["pool3"], reference_stats["mu"],
+                                             reference_stats["sigma"])
+  inception_score = inception_score_std = None
+  if "logits" in rows:
+    splits = min(IS_SPLITS, num_samples)
+    inception_score, inception_score_std = metrics.inception_score(rows["logits"], splits)
+  else:
+    notes.append(f"inception_score: None: the Inception weights ({inception.source}) have no "
+                 "1008-way logits layer; pass a pytorch-fid .pth with config.eval."
+                 "inception_weights for IS.")
+  real = np.asarray(reference_stats["features"], np.float32)
+  pr_count = min(num_samples, real.shape[0])
+  precision = recall = None
+  if pr_count > PR_NEIGHBOURS:
+    precision, recall = metrics.precision_recall(real[:pr_count], rows["pool3"][:pr_count],
+                                                 k=PR_NEIGHBOURS)
+  else:
+    notes.append(f"precision/recall: None: need more than k={PR_NEIGHBOURS} samples and "
+                 "reference features.")
+  cas = cas_per_class = None
+  if classifier is not None and "predicted" in rows:
+    cas, cas_per_class = classifier_lib.accuracy(rows["predicted"], rows["label"],
+                                                 classifier.num_classes)
+  return {"fid": float(fid), "inception_score": inception_score,
+          "inception_score_std": inception_score_std, "precision": precision, "recall": recall,
+          "cas": cas, "cas_per_class": cas_per_class,
+          "precision_recall_samples": int(pr_count) if precision is not None else 0,
+          "notes": notes}
+
+
+def score_images(config: ml_collections.ConfigDict, images: np.ndarray, labels: np.ndarray, *,
+                 inception: Any = None, reference_stats: dict[str, Any] | None = None,
+                 classifier: classifier_lib.Classifier | None = None) -> dict[str, Any]:
+  """FID, IS, precision/recall (and CAS with config.eval.cas) of given uint8 images (N, H, W, C)
+  on one host, against config's reference: for images made elsewhere (a cascade's final stage)."""
+  inception = inception or inception_lib.load_inception(
+      config.eval.inception_weights or None, cache_dir=config.eval.cache_dir or None)
+  reference_stats = reference_stats or load_reference(config, inception)
+  if config.eval.cas and classifier is None:
+    classifier = load_classifier(config)
+  images = np.asarray(images)
+  rows: dict[str, list[np.ndarray]] = {"pool3": [], "logits": [], "predicted": []}
+  predict = classifier_lib.make_predict_fn(classifier.num_classes) if classifier else None
+  for start in range(0, images.shape[0], INCEPTION_BATCH):
+    chunk = images[start:start + INCEPTION_BATCH]
+    features = _features(inception, chunk, INCEPTION_BATCH)
+    rows["pool3"].append(features["pool3"])
+    if features["logits"] is not None:
+      rows["logits"].append(features["logits"])
+    if predict is not None:
+      rows["predicted"].append(predict(classifier.params, chunk))
+  gathered = {k: np.concatenate(v) for k, v in rows.items() if v}
+  gathered["label"] = np.asarray(labels)
+  scores = _scores(gathered, reference_stats, classifier, inception)
+  scores.update(num_samples=int(images.shape[0]), reference=reference_stats["description"],
+                num_reference=int(reference_stats["num_images"]))
+  return scores
 
 
 def evaluate(config: ml_collections.ConfigDict, model: nn.Module, params: Any, *,
