@@ -79,6 +79,7 @@ def base_config() -> ml_collections.ConfigDict:
   # differ from each other only through this table: see docs/demo_diagnosis.md for short budgets.
   c.model.latent_pos_init_std = 0.02
   c.model.xattn_kv_ln = False
+  c.model.tape_conv = False  # Residual depthwise 3x3 conv on the interface per block (not RIN's).
   c.model.time_scaling = 1000.0
   c.model.dtype = "float32"  # Activation dtype: 'float32' or 'bfloat16'.
   c.model.remat = False

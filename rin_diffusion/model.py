@@ -258,6 +258,9 @@ class RIN(nn.Module):
   tape_pos: str = "learned"
   latent_pos_init_std: float = 0.02
   xattn_kv_ln: bool = False
+  # Not in the reference: a residual depthwise 3x3 convolution over the interface grid at the start
+  # of every block (lucidrains' rin-pytorch "PEG"), giving neighbouring patches a direct route.
+  tape_conv: bool = False
   time_scaling: float = 1000.0
   dtype: str = "float32"
   remat: bool = False
@@ -361,6 +364,14 @@ class RIN(nn.Module):
     for i, num_layers in enumerate(self.blocks):
       latents = _batch_constraint(latents)
       iface = _batch_constraint(iface)
+      if self.tape_conv:
+        grid = iface.reshape(batch, n_side, n_side, d)
+        local = nn.Conv(
+            d, (3, 3), padding="SAME", feature_group_count=d, dtype=dtype,
+            param_dtype=jnp.float32,
+            kernel_init=_named(_KERNEL_INIT, (None, None, None, "embed")),
+            bias_init=_named(_ZEROS, ("embed",)), name=f"block_{i}_tape_conv")(grid)
+        iface = iface + local.reshape(batch, n_side * n_side, d)
       latents = CrossAttentionUnit(self.rw_heads, inner, self.latent_mlp_ratio, self.xattn_kv_ln,
                                    dtype, name=f"block_{i}_read")(latents, iface)
       if num_layers == 0:  # pix2seq: a read-only block (compute and write are identity).
@@ -419,6 +430,8 @@ def _check_fields(f: Mapping[str, Any]) -> None:
   if inner % f["rw_heads"]:
     raise ValueError(f"config.model.rw_heads={f['rw_heads']} does not divide the read/write "
                      f"attention width min(tape_dim, latent_dim)={inner}")
+  if not isinstance(f["tape_conv"], bool):
+    bad("tape_conv", "must be True or False")
   for name in ("drop_units", "drop_path", "drop_att"):
     if not isinstance(f[name], (int, float)) or not 0.0 <= f[name] < 1.0:
       bad(name, "must be in [0, 1)")

@@ -231,7 +231,7 @@ def test_truncated_handover_is_the_base_sampler_stopped_at_s(cascade_dir, tmp_pa
   stages = pipeline_lib.load_stages(pipeline)
   pipeline_lib.restore_stages(stages, root)
   base = stages[0]
-  labels = generate.class_labels(base.config, 8)
+  labels = generate.cycled_labels(10, 8)  # The pipeline: sample j has class j mod 10.
   key = jax.random.fold_in(jax.random.fold_in(jax.random.key(3), 0), 0)  # Stage 0, batch 0.
   for level in LEVELS[1:]:
     expected = generate.sample_output(base.model, base.config, base.params, key,

@@ -450,3 +450,27 @@ def test_tiny_rin_overfits_a_batch_of_eight():
     losses.append(float(loss))
   assert np.all(np.isfinite(losses))
   assert losses[-1] < losses[0] / 10, (losses[0], losses[-1])
+
+
+def test_tape_conv_is_a_residual_depthwise_conv_per_block():
+  cfg = small_config(tape_conv=True, blocks=(1, 1))
+  net, params, args = init(cfg)
+  d = cfg.tape_dim
+  for i in (0, 1):
+    conv = params[f"block_{i}_tape_conv"]
+    assert conv["kernel"].shape == (3, 3, 1, d) and conv["bias"].shape == (d,)
+  plain_net, plain_params, _ = init(small_config(blocks=(1, 1)))
+  count = lambda tree: sum(x.size for x in jax.tree.leaves(tree))  # noqa: E731
+  assert count(params) - count(plain_params) == 2 * (9 * d + d)
+  # With zero convolutions the network is exactly the plain one (a residual branch).
+  zeroed = {k: v for k, v in params.items() if "tape_conv" not in k}
+  with_zero = dict(zeroed, **{f"block_{i}_tape_conv": jax.tree.map(
+      jnp.zeros_like, params[f"block_{i}_tape_conv"]) for i in (0, 1)})
+  np.testing.assert_allclose(net.apply({"params": with_zero}, **args, train=False)[0],
+                             plain_net.apply({"params": zeroed}, **args, train=False)[0],
+                             rtol=1e-6, atol=1e-6)
+  assert not np.allclose(net.apply({"params": params}, **args, train=False)[0],
+                         plain_net.apply({"params": zeroed}, **args, train=False)[0], atol=1e-4)
+  fields = dict(small_config().items(), tape_conv=1)
+  with pytest.raises(ValueError, match="config.model.tape_conv=1 must be True or False"):
+    model_lib.rin_from_config(fields)

@@ -296,7 +296,10 @@ def run(pipeline: ml_collections.ConfigDict, workdir: str, output: str = "") -> 
   samplers_ = [_make_stage_sampler(stage) for stage in stages]
   base = stages[0].config
   num_samples = int(pipeline.num_samples)
-  labels = generate.class_labels(base, num_samples, str(pipeline.get("classes", "")))
+  classes = str(pipeline.get("classes", ""))
+  # Sample j has class j mod num_classes (as in evaluation: every prefix balanced), or the ids given.
+  labels = (generate.class_labels(base, num_samples, classes) if classes
+            else generate.cycled_labels(int(base.model.num_classes), num_samples))
   batch_size = generate.sampling_batch_size(int(pipeline.batch_size), num_samples, stages[0].mesh)
   num_batches = -(-num_samples // batch_size)
   root_key = jax.random.key(int(pipeline.seed))
@@ -384,8 +387,9 @@ def run(pipeline: ml_collections.ConfigDict, workdir: str, output: str = "") -> 
     grid_samples = min(int(pipeline.grid_samples), num_samples)
     for stage in stages:
       for branch in branches[stage.name]:
-        images = load_images(root, stage.name, branch, num_samples)[:grid_samples]
-        shown = labels[:grid_samples]
+        order = np.argsort(labels[:grid_samples], kind="stable")  # One row per class.
+        images = load_images(root, stage.name, branch, num_samples)[:grid_samples][order]
+        shown = labels[:grid_samples][order]
         columns = int(np.sum(shown == shown[0]))
         generate.save_grid(images, str(root / stage.name / branch / "grid.png"),
                            columns=columns if 1 < columns < len(shown) else None)
