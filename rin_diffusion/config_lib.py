@@ -274,6 +274,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _validate_cascade(config)
 
 
+UPSAMPLE_METHODS = ("nearest", "bilinear", "bicubic")  # config.cascade.upsample (jax.image.resize)
+
+
 def _is_number(value) -> bool:
   return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -302,10 +305,9 @@ def _validate_cascade(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.cascade.low_resolution={low}: must divide config.model.image_size="
                      f"{size} (allowed: {', '.join(str(size // k) for k in (2, 4, 8) if size % k == 0)}"
                      ", ...).")
-  upsample_methods = ("nearest", "bilinear", "bicubic")  # cascade.augment.UPSAMPLE_METHODS
-  if cascade.upsample not in upsample_methods:
+  if cascade.upsample not in UPSAMPLE_METHODS:
     raise ValueError(f"config.cascade.upsample={cascade.upsample!r} is not allowed; allowed: "
-                     f"{', '.join(upsample_methods)}.")
+                     f"{', '.join(UPSAMPLE_METHODS)}.")
   for field in ("aug_level_max", "blur_prob", "sample_level"):
     value = cascade[field]
     if not _is_number(value) or not 0.0 <= value <= 1.0:

@@ -6,6 +6,7 @@ trained a few steps on a 64-image synthetic Fashion-MNIST.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -299,3 +300,16 @@ def test_empty_stage_workdir_and_cli_error(cascade_dir, tmp_path):
   errors = [line for line in result.stderr.splitlines() if "error" in line]
   assert len(errors) == 1 and "holds no checkpoint" in errors[0], result.stderr[-2000:]
   assert not out.exists()
+
+
+def test_samples_from_other_checkpoints_are_not_reused(cascade_dir, tmp_path):
+  root, _ = cascade_dir
+  out = tmp_path / "out"
+  pipeline_lib.run(_pipeline(root, levels=(0.0,)), root, str(out))
+  summary = json.loads((out / "summary.json").read_text())
+  assert [stage["checkpoint_step"] for stage in summary["stages"]] == [6, 6]
+  summary["stages"][0]["checkpoint_step"] = 3  # As if base16 had been trained on since.
+  (out / "summary.json").write_text(json.dumps(summary))
+  with pytest.raises(ValueError, match="made with stage 'base16' at checkpoint step 3, which is "
+                                       "now at step 6"):
+    pipeline_lib.run(_pipeline(root, levels=(0.0,)), root, str(out))

@@ -37,9 +37,9 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from rin_diffusion import diffusion
+from rin_diffusion import config_lib, diffusion
 
-UPSAMPLE_METHODS = ("nearest", "bilinear", "bicubic")
+UPSAMPLE_METHODS = config_lib.UPSAMPLE_METHODS
 
 
 def _is_number(value) -> bool:

@@ -16,8 +16,8 @@ Every combination of levels is a branch, named by its levels ('s0.2' below the s
 Outputs under `<output>/<stage>/<branch>/`: `batch_<i>.npz` per batch (uint8 `images` in [0, 255],
 `labels`; a truncated handover also keeps `state`, float32 z_{s*}), and `grid.png` of the first
 `grid_samples`. A stored batch is loaded, never sampled again: a rerun resumes, and a sweep
-extended by new levels samples only what is new. `summary.json` has the branches and seconds per
-stage.
+extended by new levels samples only what is new. `summary.json` has the branches, seconds and
+checkpoint step per stage; a rerun refuses an output made from other checkpoints.
 
 Keys: the stage at index k draws batch i from fold_in(fold_in(key(seed), k), i) whatever the
 branch, so branches differ only by their conditioning (common random numbers across s*), and the
@@ -70,6 +70,7 @@ class Stage:
   model: Any = None
   params: Any = None
   mesh: Any = None
+  step: int | None = None  # The restored checkpoint's step.
 
 
 def _bad(where: str, message: str) -> ValueError:
@@ -197,6 +198,23 @@ def restore_stages(stages: Sequence[Stage], workdir: str) -> None:
     stage.params = checkpointing.restore_params_from(
         stage_dir, "ema", abstract_state["params"], stage.config,
         source=f"stage {stage.name!r} workdir")
+    with checkpointing.open_reader(stage_dir) as reader:
+      stage.step = reader.latest_step()
+
+
+def _check_stored(root: epath.Path, stages: Sequence[Stage]) -> None:
+  """Stored samples are reused only if every stage is still at the step that made them."""
+  path = root / "summary.json"
+  if not path.exists():
+    return
+  stored = {entry["name"]: entry.get("checkpoint_step")
+            for entry in json.loads(path.read_text())["stages"]}
+  for stage in stages:
+    if stage.name in stored and stored[stage.name] != stage.step:
+      raise ValueError(
+          f"--output={root}: its samples were made with stage {stage.name!r} at checkpoint step "
+          f"{stored[stage.name]}, which is now at step {stage.step}; pass another --output or "
+          "delete that directory (stored batches are reused, never resampled).")
 
 
 def _check_pipeline_fields(pipeline: ml_collections.ConfigDict) -> None:
@@ -245,7 +263,7 @@ def _to_host(array: jax.Array) -> np.ndarray:
 
 
 def _to_uint8(x0: np.ndarray) -> np.ndarray:
-  return np.round(np.clip(x0 * 0.5 + 0.5, 0.0, 1.0) * 255.0).astype(np.uint8)
+  return generate.to_uint8(x0 * 0.5 + 0.5)  # [-1, 1] -> [0, 255], as stored images are.
 
 
 def _from_uint8(images: np.ndarray) -> np.ndarray:
@@ -291,6 +309,7 @@ def run(pipeline: ml_collections.ConfigDict, workdir: str, output: str = "") -> 
   stages = load_stages(pipeline)
   restore_stages(stages, workdir)  # Fails clearly, before anything is written.
   root = epath.Path(output or str(epath.Path(workdir) / "cascade_samples"))
+  _check_stored(root, stages)
   is_chief = jax.process_index() == 0
   store = _Store(root, write=is_chief)
   samplers_ = [_make_stage_sampler(stage) for stage in stages]
@@ -378,6 +397,7 @@ def run(pipeline: ml_collections.ConfigDict, workdir: str, output: str = "") -> 
   summary = {"num_samples": num_samples, "batch_size": batch_size, "num_batches": num_batches,
              "stages": [{"name": stage.name, "image_size": int(stage.config.model.image_size),
                          "levels": list(stage.levels), "truncated": stage.truncated,
+                         "checkpoint_step": stage.step,
                          "sampler": stage.sampler, "steps": stage.steps,
                          "guidance": stage.guidance, "seconds": round(seconds[k], 2),
                          "branches": branches[stage.name]}

@@ -73,7 +73,7 @@ def load_reference(config: ml_collections.ConfigDict, inception: Any) -> dict[st
     return reference.reference_statistics(
         source, image_size=image_size, num_images=int(config.eval.num_reference),
         inception=inception, cache_dir=cache_dir(config), data_dir=config.dataset.data_dir,
-        manual_dir=config.dataset.manual_dir)
+        manual_dir=config.dataset.manual_dir, pad_to=int(config.dataset.get("pad_to", 0)))
 
   return _chief_first(compute, "rin_diffusion_reference_statistics")
 

@@ -74,10 +74,10 @@ def _to_uint8(image: np.ndarray, dataset_config: ml_collections.ConfigDict | Non
 
 
 def _dataset_config(name: str, split: str, image_size: int, data_dir: str,
-                    manual_dir: str) -> ml_collections.ConfigDict:
+                    manual_dir: str, pad_to: int = 0) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       name=name, split=split, image_size=image_size, channels=3, num_classes=0,
-      random_flip=False, num_workers=0, data_dir=data_dir, manual_dir=manual_dir))
+      random_flip=False, num_workers=0, data_dir=data_dir, manual_dir=manual_dir, pad_to=pad_to))
 
 
 def _open_source(source: str, image_size: int | None, data_dir: str, manual_dir: str
@@ -123,7 +123,7 @@ def _cache_file(directory: str, key: dict[str, Any]) -> epath.Path:
 
 def reference_statistics(source: str, *, image_size: int | None, num_images: int,
                          inception: inception_lib.InceptionModel, cache_dir: str | None,
-                         data_dir: str = "", manual_dir: str = "",
+                         data_dir: str = "", manual_dir: str = "", pad_to: int = 0,
                          batch_size: int = 32) -> dict[str, Any]:
   """Inception statistics of `num_images` real images of `source` (cached; see the module doc).
 
@@ -142,6 +142,8 @@ def reference_statistics(source: str, *, image_size: int | None, num_images: int
     raise ValueError(f"reference {source!r}: holds {total} images; need at least 2.")
   key.update(image_size=image_size, num_images=len(indices), inception=inception.weights_sha1,
              max_features=MAX_STORED_FEATURES, format=_CACHE_FORMAT)
+  if pad_to and image_size is not None and pad_to != image_size:  # Else existing keys hold.
+    key.update(pad_to=int(pad_to))
   description = (f"{description}, {len(indices)} of {total} images, "
                  + (f"preprocessed to {image_size}x{image_size} as in training"
                     if image_size else "as stored"))
@@ -156,7 +158,7 @@ def reference_statistics(source: str, *, image_size: int | None, num_images: int
 
   dataset_config = None
   if image_size is not None:
-    dataset_config = _dataset_config(pipeline_name, "", image_size, data_dir, manual_dir)
+    dataset_config = _dataset_config(pipeline_name, "", image_size, data_dir, manual_dir, pad_to)
   start_time, features = time.time(), []
   chunk = batch_size * _CHUNK_BATCHES
   for start in range(0, len(indices), chunk):
