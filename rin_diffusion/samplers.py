@@ -22,6 +22,14 @@ One step (spec-rin 6.2):
      eps-hat without dividing by sqrt(alpha) ~ 1e-4 near t = 1; var = 1 - alpha ('ddpm') or
      (1 - gamma_next) / (1 - gamma_now) (1 - alpha) ('ddpm_small'); x_next = mean + sqrt(var) z with
      fresh z per step. 1 - gamma_now is floored at 1e-7 where it divides.
+   * 'ddpm_learned' (Improved DDPM's learned variances): the denoise fn returns 2C channels, the
+     prediction and v; the mean is the 'ddpm' mean of the first half and
+     log var = frac log(1 - alpha) + (1 - frac) log beta~, frac = (v + 1) / 2, with
+     beta~ = (1 - gamma_next) / (1 - gamma_now) (1 - alpha) ('ddpm_small''s variance) floored at
+     1e-20 (it is 0 at the last step, whose noise reaches only the returned state x_t). On a grid of
+     K steps over a T-step process (K dividing T) this is Improved DDPM's strided sampling: alpha
+     and beta~ are those of the respaced process. Guidance combines the first halves only; v comes
+     from the conditional half (as GLIDE does).
 
 The scan carries (x, hidden, key, x0'-hat). The output is SampleOutput(x0 = the last step's
 x0'-hat / b, i.e. in [-1, 1] units when clipping; x_t = the final state, i.e. x at t_end).
@@ -46,12 +54,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rin_diffusion import diffusion
+from rin_diffusion import diffusion, learned_variance
 
 PyTree = Any
 DenoiseFn = Callable[[jax.Array, jax.Array, PyTree, PyTree], tuple[jax.Array, PyTree]]
 
-SAMPLERS = ("ddpm", "ddpm_small", "ddim")
+SAMPLERS = ("ddpm", "ddpm_small", "ddim", "ddpm_learned")
+_MIN_VARIANCE = 1e-20
 
 
 class SampleOutput(NamedTuple):
@@ -117,6 +126,9 @@ def sample(denoise_fn: DenoiseFn, noise: jax.Array, key: jax.Array, *,
       null_cond = tree_map(jnp.zeros_like, cond)
     both_conds = tree_map(lambda c, n: jnp.concatenate([c, n], axis=0), cond, null_cond)
 
+  channels = x_init.shape[-1]
+  learned = sampler == "ddpm_learned"
+
   def denoise(x, gamma, hidden):
     if not use_guidance:
       return denoise_fn(x, gamma, cond, hidden)
@@ -124,6 +136,8 @@ def sample(denoise_fn: DenoiseFn, noise: jax.Array, key: jax.Array, *,
     pred2, hidden2 = denoise_fn(twice(x), twice(gamma), both_conds, tree_map(twice, hidden))
     pred2 = jnp.asarray(pred2, jnp.float32)
     pred = (1.0 + guidance) * pred2[:batch] - guidance * pred2[batch:]
+    if learned:
+      pred = jnp.concatenate([pred[..., :channels], pred2[:batch, ..., channels:]], axis=-1)
     return pred, tree_map(lambda h: h[:batch], hidden2)
 
   if hidden_init is None:
@@ -137,6 +151,11 @@ def sample(denoise_fn: DenoiseFn, noise: jax.Array, key: jax.Array, *,
     gamma_next = jnp.asarray(gamma_fn(t_pair[1]), jnp.float32)
     pred, hidden_out = denoise(x, jnp.full((batch,), gamma_now), hidden)
     hidden_out = tree_map(lambda h, c: jnp.asarray(h, c.dtype), hidden_out, hidden)
+    pred = jnp.asarray(pred, jnp.float32)
+    if learned:
+      chex.assert_shape(pred, x.shape[:-1] + (2 * channels,),
+                        custom_message="'ddpm_learned' needs a 2C-channel prediction [pred, v]")
+      pred, v = pred[..., :channels], pred[..., channels:]
     x0_hat, eps_hat = diffusion.predict_x0_eps(
         pred, x, jnp.full((batch,), gamma_now), pred_type=pred_type, input_scale=input_scale,
         clip_x0=clip_x0, truncate_noise=True)
@@ -149,10 +168,15 @@ def sample(denoise_fn: DenoiseFn, noise: jax.Array, key: jax.Array, *,
       one_minus_gamma_now = jnp.maximum(1.0 - gamma_now, 1e-7)
       mean = (jnp.sqrt(gamma_next) * one_minus_alpha / one_minus_gamma_now * x0_hat
               + jnp.sqrt(alpha) * (1.0 - gamma_next) / one_minus_gamma_now * x)
+      beta_tilde = (1.0 - gamma_next) / one_minus_gamma_now * one_minus_alpha
       if sampler == "ddpm":
         var = one_minus_alpha
+      elif sampler == "ddpm_small":
+        var = beta_tilde
       else:
-        var = (1.0 - gamma_next) / one_minus_gamma_now * one_minus_alpha
+        var = jnp.exp(learned_variance.interpolated_log_variance(
+            v, jnp.log(jnp.maximum(one_minus_alpha, _MIN_VARIANCE)),
+            jnp.log(jnp.maximum(beta_tilde, _MIN_VARIANCE))))
       step_key, noise_key = jax.random.split(step_key)
       z = jax.random.normal(noise_key, x.shape, jnp.float32)
       x_next = mean + jnp.sqrt(var) * z

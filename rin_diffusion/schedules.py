@@ -26,6 +26,21 @@ Choices:
   is Algorithm 1 unchanged.
 * 'cosine@s,e,tau' requires 0 <= s < e <= 1 (outside [0, 1] the cosine changes sign and the power
   2 tau is undefined); both families require tau > 0 and finite numbers.
+
+Discrete processes of T steps (DDPM / Improved DDPM, used by CDM's U-Net stages), given as tables
+alpha-bar_0 = 1, alpha-bar_1, ..., alpha-bar_T computed in float64 from clipped betas
+(`alpha_bar_table`):
+
+* 'iddpm_cosine@T': Improved DDPM's cosine, alpha-bar_i = f(i / T) / f(0) with
+  f(u) = cos^2((u + 0.008) / 1.008 pi / 2), betas 1 - alpha-bar_i / alpha-bar_(i-1) clipped to 0.999
+  and alpha-bar recomputed as their cumulative product (so alpha-bar_T ~ 1e-3 alpha-bar_(T-1), not 0).
+* 'ddpm_linear@T': DDPM's linear betas, scaled to T as Improved DDPM does: from 1e-4 1000 / T to
+  0.02 1000 / T (T = 1000 gives DDPM's 1e-4 .. 0.02).
+
+As gamma(t) they are continuous: sqrt(alpha-bar) is interpolated linearly between t = (i - 1) / T
+and i / T, so gamma(i / T) = alpha-bar_i and a uniform t draws sqrt(alpha-bar) uniformly within a
+uniformly chosen segment: SR3 / WaveGrad's "continuous noise conditioning" on that process. Training
+with config.diffusion.timesteps = T instead draws t from {1/T, ..., 1}: the discrete process.
 """
 
 from __future__ import annotations
@@ -35,12 +50,16 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 CLIP_MIN = 1e-9
 # Largest gamma used where a formula divides by 1 - gamma (float32 rounds it to 1 - 1.19e-7).
 GAMMA_MAX = 1.0 - 1e-7
 
-_ALLOWED = "'linear', 'simple_linear', 'cosine', 'cosine@start,end,tau', 'sigmoid@start,end,tau'"
+_ALLOWED = ("'linear', 'simple_linear', 'cosine', 'cosine@start,end,tau', 'sigmoid@start,end,tau', "
+            "'iddpm_cosine@T', 'ddpm_linear@T'")
+TABLE_FAMILIES = ("iddpm_cosine", "ddpm_linear")
+_MAX_BETA = 0.999  # Improved DDPM's clip of the cosine betas (the last ones would reach 1).
 
 
 def _error(spec: str, why: str) -> ValueError:
@@ -111,6 +130,54 @@ def _sigmoid(start: float, end: float, tau: float) -> Callable[[jax.Array], jax.
   return gamma
 
 
+def _parse_table(spec: str) -> tuple[str, int]:
+  """'iddpm_cosine@4000' -> ('iddpm_cosine', 4000); raises naming the spec otherwise."""
+  family, _, args = spec.strip().partition("@")
+  if family not in TABLE_FAMILIES:
+    raise _error(spec, "is not a discrete process ('iddpm_cosine@T' or 'ddpm_linear@T')")
+  try:
+    timesteps = int(args)
+  except ValueError:
+    raise _error(spec, "needs an integer number of steps T >= 1 after '@'") from None
+  if timesteps < 1 or str(timesteps) != args.strip():
+    raise _error(spec, "needs an integer number of steps T >= 1 after '@'")
+  if family == "ddpm_linear" and timesteps < 50:
+    raise _error(spec, "needs T >= 50 (the last beta, 0.02 1000 / T, must stay below 1)")
+  return family, timesteps
+
+
+def is_table(spec: str) -> bool:
+  """Whether `spec` names a discrete process ('iddpm_cosine@T', 'ddpm_linear@T')."""
+  return isinstance(spec, str) and spec.strip().partition("@")[0] in TABLE_FAMILIES
+
+
+def alpha_bar_table(spec: str) -> np.ndarray:
+  """float64 (T + 1,) alpha-bar_0 = 1, ..., alpha-bar_T of a discrete process ('iddpm_cosine@T')."""
+  family, timesteps = _parse_table(spec)
+  steps = np.arange(timesteps + 1, dtype=np.float64)
+  if family == "iddpm_cosine":
+    offset = 0.008
+    f = np.cos((steps / timesteps + offset) / (1.0 + offset) * np.pi / 2) ** 2
+    betas = np.minimum(1.0 - f[1:] / f[:-1], _MAX_BETA)
+  else:
+    scale = 1000.0 / timesteps
+    betas = np.linspace(scale * 1e-4, scale * 0.02, timesteps, dtype=np.float64)
+  return np.concatenate([[1.0], np.cumprod(1.0 - betas)])
+
+
+def _table(spec: str) -> Callable[[jax.Array], jax.Array]:
+  sqrt_alpha_bar = np.sqrt(alpha_bar_table(spec))
+  timesteps = len(sqrt_alpha_bar) - 1
+  grid = np.arange(timesteps + 1, dtype=np.float32)
+
+  def gamma(t):
+    t = jnp.asarray(t, jnp.float32)
+    position = jnp.clip(t, 0.0, 1.0) * timesteps
+    root = jnp.interp(position, grid, jnp.asarray(sqrt_alpha_bar, jnp.float32))
+    return jnp.clip(root**2, CLIP_MIN, 1.0)
+  return gamma
+
+
 def gamma_fn(spec: str) -> Callable[[jax.Array], jax.Array]:
   """Returns gamma(t) for a schedule string such as 'linear', 'cosine' or 'sigmoid@-3,3,0.9'.
 
@@ -130,6 +197,8 @@ def gamma_fn(spec: str) -> Callable[[jax.Array], jax.Array]:
       return _cosine(*_parse_args(spec, family, args))
     if family == "sigmoid":
       return _sigmoid(*_parse_args(spec, family, args))
+    if family in TABLE_FAMILIES:
+      return _table(spec)
     if family in ("linear", "simple_linear"):
       raise _error(spec, f"takes no arguments for {family!r}")
   raise _error(spec, "is unknown")

@@ -121,9 +121,11 @@ def _exact(sampler, spec, b, **kwargs):
 # its last x0-hat (a posterior mean) is visibly shrunk at 250 steps (spec-rin 6.3 returns x0-hat).
 MAX_BIAS = {"cosine": 0.08, "linear": 0.15}
 
+# 'ddpm_learned' takes a 2C-channel prediction: tests/test_learned_variance.py covers it.
+FIXED_VARIANCE = tuple(s for s in samplers.SAMPLERS if s != "ddpm_learned")
 CASES = (
-    [(s, "cosine", p, 1.0, True) for s in samplers.SAMPLERS for p in ("eps", "x0", "v")]
-    + [(s, "linear", "eps", 1.0, True) for s in samplers.SAMPLERS]
+    [(s, "cosine", p, 1.0, True) for s in FIXED_VARIANCE for p in ("eps", "x0", "v")]
+    + [(s, "linear", "eps", 1.0, True) for s in FIXED_VARIANCE]
     + [("ddpm", "cosine", "v", 0.5, False), ("ddpm_small", "cosine", "eps", 0.5, False),
        ("ddim", "cosine", "x0", 0.5, True)]
 )
@@ -307,7 +309,8 @@ def test_bad_arguments():
   kw = dict(gamma_fn=schedules.gamma_fn("cosine"), steps=2)
   with pytest.raises(ValueError) as info:
     samplers.sample(fn, jnp.zeros((2, 2)), jax.random.PRNGKey(0), sampler="euler", **kw)
-  assert str(info.value) == "config.sampling.sampler='euler'; allowed: 'ddpm', 'ddpm_small', 'ddim'"
+  assert str(info.value) == ("config.sampling.sampler='euler'; allowed: 'ddpm', 'ddpm_small', 'ddim', "
+                             "'ddpm_learned'")
   with pytest.raises(ValueError, match="config.diffusion.pred_type='score'"):
     samplers.sample(fn, jnp.zeros((2, 2)), jax.random.PRNGKey(0), pred_type="score", **kw)
   with pytest.raises(ValueError, match="config.diffusion.input_scale=0.0"):
