@@ -32,7 +32,7 @@ INIT_FROM_PARAMS = {"ema": "ema_params", "params": "params"}
 # How many differing config fields and arrays an IncompatibleCheckpointError lists.
 _MAX_LISTED = 8
 # Config fields that can change the state's arrays (parameters, optimizer state).
-_STATE_FIELDS = ("model.", "optimizer.")
+_STATE_FIELDS = ("model.", "unet.", "optimizer.")
 
 
 class IncompatibleCheckpointError(ValueError):

@@ -57,6 +57,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.dataset.pad_to = 0
 
   c.model = ml_collections.ConfigDict()
+  # 'rin', or 'unet' (CDM's U-Nets: the fields of config.unet; the RIN-only fields below are then
+  # unused). image_size, channels, extra_in_channels, num_extra_tokens, num_classes and dtype are
+  # shared by both.
+  c.model.architecture = "rin"
   c.model.image_size = 64
   c.model.channels = 3  # Output channels (and input channels, before extra_in_channels).
   c.model.extra_in_channels = 0  # Cascade: channels of the upsampled low-resolution image.
@@ -84,6 +88,21 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.dtype = "float32"  # Activation dtype: 'float32' or 'bfloat16'.
   c.model.remat = False
 
+  # The U-Net denoiser (rin_diffusion/unet.py; Improved DDPM / SR3 style), used when
+  # model.architecture = 'unet'. Its output has 2 x channels with diffusion.learned_variance.
+  c.unet = ml_collections.ConfigDict()
+  c.unet.base_channels = 128
+  c.unet.channel_mult = (1, 2, 3, 4)
+  c.unet.num_res_blocks = 3
+  c.unet.attention_resolutions = (16, 8)  # Pixel resolutions that get self-attention.
+  c.unet.num_heads = 4  # 0: use head_dim.
+  c.unet.head_dim = 0  # 0: use num_heads.
+  c.unet.dropout = 0.0
+  c.unet.norm_groups = 32
+  c.unet.style = "ddpm"  # 'ddpm' (conv up/downsampling) or 'sr3' (BigGAN resblock resampling).
+  c.unet.noise_embedding = "gamma"  # 'gamma' or 'logsnr', embedded continuously.
+  c.unet.time_scaling = 1000.0
+
   c.diffusion = ml_collections.ConfigDict()
   c.diffusion.train_schedule = "linear"  # gamma(t) for training.
   c.diffusion.infer_schedule = "cosine"  # gamma(t) for sampling (the reference's offset cosine).
@@ -95,9 +114,18 @@ def base_config() -> ml_collections.ConfigDict:
   c.diffusion.min_snr_gamma = 5.0
   c.diffusion.self_cond_rate = 0.9
   c.diffusion.label_dropout = 0.0
+  # 0: continuous time, t ~ U(0, 1). T > 0: the discrete process t in {1/T, ..., 1} (Improved DDPM;
+  # with a table schedule such as 'iddpm_cosine@T', gamma(i / T) = alpha-bar_i).
+  c.diffusion.timesteps = 0
+  # Improved DDPM's learned variances (rin_diffusion/learned_variance.py): the network's second C
+  # channels interpolate the log-variance; loss = the MSE above + vlb_weight L_vlb (hybrid loss).
+  # Needs timesteps = T of a table train_schedule, pred_type 'eps' and input_scale 1; the
+  # 'ddpm_learned' sampler uses the variance (the others sample with the mean half only).
+  c.diffusion.learned_variance = False
+  c.diffusion.vlb_weight = 0.001
 
   c.optimizer = ml_collections.ConfigDict()
-  c.optimizer.name = "lamb"  # 'lamb' or 'adamw'.
+  c.optimizer.name = "lamb"  # 'lamb', 'adamw' or 'adam' (CDM's; no weight decay).
   c.optimizer.learning_rate = 2e-3
   c.optimizer.b1 = 0.9
   c.optimizer.b2 = 0.999
@@ -134,7 +162,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.cascade.sample_level = 0.0
 
   c.sampling = ml_collections.ConfigDict()
-  c.sampling.sampler = "ddpm"  # 'ddpm' (large variance), 'ddpm_small' or 'ddim'.
+  c.sampling.sampler = "ddpm"  # 'ddpm' (large variance), 'ddpm_small', 'ddim' or 'ddpm_learned'.
   c.sampling.steps = 1000
   c.sampling.guidance = 3.0  # Guidance weight for sample grids.
   # FID samples (evaluation): the reference's official eval sampler, DDPM (large variance) with
@@ -177,7 +205,7 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 def _choices() -> dict[str, tuple[str, ...]]:
   """Allowed values per field, taken from the modules that implement them."""
   # noqa below: deferred imports, since configs must load without jax.
-  from rin_diffusion import checkpointing, diffusion, samplers  # noqa: PLC0415
+  from rin_diffusion import checkpointing, diffusion, optim, samplers  # noqa: PLC0415
   from rin_diffusion import model as model_lib  # noqa: PLC0415
 
   return {
@@ -185,7 +213,8 @@ def _choices() -> dict[str, tuple[str, ...]]:
       "diffusion.pred_type": diffusion.PRED_TYPES,
       "diffusion.loss_target": diffusion.LOSS_TARGETS,
       "diffusion.loss_weighting": diffusion.WEIGHTINGS,
-      "optimizer.name": ("lamb", "adamw"),
+      "optimizer.name": optim.OPTIMIZERS,
+      "model.architecture": ("rin", "unet"),
       "sampling.sampler": samplers.SAMPLERS,
       "sampling.fid_sampler": samplers.SAMPLERS,
       "nonfinite_loss": ("stop", "skip"),
@@ -207,6 +236,7 @@ _NUMBER_RANGES = (
     ("diffusion.min_snr_gamma", lambda v: v > 0, "a number > 0"),
     ("diffusion.self_cond_rate", lambda v: 0 <= v <= 1, "a number in [0, 1]"),
     ("diffusion.label_dropout", lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    ("diffusion.vlb_weight", lambda v: v >= 0, "a number >= 0 (Improved DDPM: 0.001)"),
     ("sampling.guidance", lambda v: v >= 0, "a number >= 0 (0: no guidance)"),
 )
 
@@ -225,8 +255,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   (batch divisibility, mesh sizes) happen where the mesh is built.
   """
   # Deferred: configs must load without jax.
-  from rin_diffusion import generate, optim, samplers, schedules
-  from rin_diffusion import model as model_lib
+  from rin_diffusion import generate, networks, optim, samplers, schedules
 
   for field in ("total_steps", "batch_size", "log_every_steps", "checkpoint_every_steps"):
     value = config[field]
@@ -270,8 +299,53 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ValueError(
           f"config.dataset.{field}={data_value!r} differs from config.model.{field}={model_value!r};"
           " they must agree.")
-  model_lib.rin_from_config(config.model)  # Raises on inconsistent architecture fields.
+  networks.from_config(config)  # Raises on inconsistent architecture fields.
+  _validate_discrete(config)
   _validate_cascade(config)
+
+
+def _validate_discrete(config: ml_collections.ConfigDict) -> None:
+  """diffusion.timesteps and learned variances against the schedule, network and sampler."""
+  from rin_diffusion import schedules  # noqa: PLC0415
+
+  dcfg = config.diffusion
+  timesteps = dcfg.timesteps
+  if isinstance(timesteps, bool) or not isinstance(timesteps, int) or timesteps < 0:
+    raise ValueError(f"config.diffusion.timesteps={timesteps!r}: must be an integer >= 0 (0: "
+                     "continuous time).")
+  if config.model.architecture == "unet" and dcfg.self_cond_rate != 0:
+    raise ValueError(f"config.diffusion.self_cond_rate={dcfg.self_cond_rate!r}: must be 0 with "
+                     "config.model.architecture='unet' (a U-Net has no latents to carry).")
+  if not isinstance(dcfg.learned_variance, bool):
+    raise ValueError(f"config.diffusion.learned_variance={dcfg.learned_variance!r}: must be True "
+                     "or False.")
+  uses_learned = {f"config.sampling.{field}": config.sampling[field]
+                  for field in ("sampler", "fid_sampler")
+                  if config.sampling[field] == "ddpm_learned"}
+  if not dcfg.learned_variance:
+    if uses_learned:
+      field, value = next(iter(uses_learned.items()))
+      raise ValueError(f"{field}={value!r} needs config.diffusion.learned_variance=True; allowed "
+                       "without it: 'ddpm', 'ddpm_small', 'ddim'.")
+    return
+  table_timesteps = (len(schedules.alpha_bar_table(dcfg.train_schedule)) - 1
+                     if schedules.is_table(dcfg.train_schedule) else None)
+  if timesteps == 0 or table_timesteps != timesteps:
+    raise ValueError(
+        f"config.diffusion.learned_variance=True needs a discrete process: "
+        f"config.diffusion.timesteps=T > 0 and config.diffusion.train_schedule "
+        f"'iddpm_cosine@T' or 'ddpm_linear@T' with the same T; got timesteps={timesteps!r}, "
+        f"train_schedule={dcfg.train_schedule!r}.")
+  requirements = (
+      ("config.model.architecture", config.model.architecture, "unet"),
+      ("config.diffusion.pred_type", dcfg.pred_type, "eps"),
+      ("config.diffusion.input_scale", dcfg.input_scale, 1.0),
+      ("config.diffusion.infer_schedule", dcfg.infer_schedule, dcfg.train_schedule),
+  )
+  for field, value, required in requirements:
+    if value != required:
+      raise ValueError(f"{field}={value!r}: learned variances need {required!r} (the decoder and "
+                       "the variance bounds are those of the discrete process on data in [-1, 1]).")
 
 
 UPSAMPLE_METHODS = ("nearest", "bilinear", "bicubic")  # config.cascade.upsample (jax.image.resize)

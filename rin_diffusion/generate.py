@@ -19,8 +19,7 @@ import numpy as np
 from etils import epath
 from PIL import Image
 
-from rin_diffusion import diffusion, samplers, schedules, sharding
-from rin_diffusion import model as model_lib
+from rin_diffusion import diffusion, networks, samplers, schedules, sharding
 
 
 def make_denoise_fn(model: nn.Module, params: Any, diffusion_config: ml_collections.ConfigDict,
@@ -39,7 +38,7 @@ def make_denoise_fn(model: nn.Module, params: Any, diffusion_config: ml_collecti
     x_in = diffusion.normalize_input(x_t, gamma, input_scale, mode)
     if "extra_channels" in cond:  # A super-resolution stage's upsampled low-resolution image.
       x_in = jnp.concatenate([x_in, cond["extra_channels"]], axis=-1)
-    if not self_condition:
+    if not self_condition and hidden is not None:
       hidden = jnp.zeros_like(hidden)
     return model.apply({"params": params}, x_in, gamma, cond.get("class_onehot"), hidden,
                        cond.get("extra_gammas"), train=False)
@@ -89,13 +88,20 @@ def sample_output(model: nn.Module, config: ml_collections.ConfigDict, params: A
   if num_classes > 0:
     cond["class_onehot"] = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
     null_cond["class_onehot"] = jnp.zeros((batch, num_classes), jnp.float32)
+  denoise_fn = make_denoise_fn(model, params, dcfg, bool(config.sampling.self_condition))
+  if dcfg.learned_variance and sampler != "ddpm_learned":
+    channels = int(mcfg.channels)
+
+    def denoise_fn(x_t, gamma, cond, hidden, full=denoise_fn):  # The mean half only.
+      pred, hidden = full(x_t, gamma, cond, hidden)
+      return pred[..., :channels], hidden
+
   return samplers.sample(
-      make_denoise_fn(model, params, dcfg, bool(config.sampling.self_condition)), noise,
-      sample_key,
+      denoise_fn, noise, sample_key,
       gamma_fn=schedules.gamma_fn(dcfg.infer_schedule), steps=steps, sampler=sampler,
       input_scale=float(dcfg.input_scale), pred_type=dcfg.pred_type, cond=cond,
       null_cond=null_cond, guidance=guidance if num_classes > 0 else 0.0,
-      td=float(config.sampling.td), hidden_init=model_lib.zero_hidden(mcfg, batch), t_end=t_end)
+      td=float(config.sampling.td), hidden_init=networks.zero_hidden(config, batch), t_end=t_end)
 
 
 def _sample_images(model: nn.Module, config: ml_collections.ConfigDict, params: Any, key: jax.Array,

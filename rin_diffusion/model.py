@@ -448,7 +448,8 @@ def _check_fields(f: Mapping[str, Any]) -> None:
 
 def _model_fields(model_config: Mapping[str, Any]) -> dict[str, Any]:
   """Reads the RIN fields from a config.model ConfigDict (or dict); raises on unknown/missing."""
-  keys = set(model_config.keys())
+  # 'architecture' selects the network (rin_diffusion.networks); it is not a RIN field.
+  keys = set(model_config.keys()) - {"architecture"}
   names = [fd.name for fd in _config_fields()]
   unknown = sorted(keys - set(names))
   if unknown:

@@ -22,6 +22,9 @@ Params = Any
 _NO_DECAY_LEAF_NAMES = ("bias", "scale")
 
 
+OPTIMIZERS = ("lamb", "adamw", "adam")
+
+
 def decay_mask(params: Params) -> Params:
   """True for parameters that get weight decay and the trust ratio: all but biases and norms.
 
@@ -110,7 +113,7 @@ def _scale_by_learning_rate_argument() -> optax.GradientTransformationExtraArgs:
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformationExtraArgs:
-  """The optimizer chain from config.optimizer (LAMB or AdamW, optional global-norm clipping).
+  """The optimizer chain from config.optimizer (LAMB, AdamW or Adam, optional global-norm clipping).
 
   The learning rate is an argument of every update, not a schedule inside the chain:
   `tx.update(grads, opt_state, params, learning_rate=learning_rate_schedule(config)(step))`. The
@@ -119,6 +122,12 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
   Adam moments and their count (the number of updates applied, for the bias correction).
   """
   opt = config.optimizer
+  if opt.name not in OPTIMIZERS:
+    raise ValueError(f"config.optimizer.name={opt.name!r} is unknown; allowed: "
+                     f"{', '.join(map(repr, OPTIMIZERS))}.")
+  if opt.name == "adam" and opt.weight_decay:
+    raise ValueError(f"config.optimizer.weight_decay={opt.weight_decay!r}: 'adam' has no weight "
+                     "decay; allowed: 0 (or use 'adamw' for decoupled decay).")
   parts = []
   if float(opt.clip_norm) > 0:
     parts.append(optax.clip_by_global_norm(float(opt.clip_norm)))
@@ -127,8 +136,6 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
     parts.append(optax.add_decayed_weights(float(opt.weight_decay), mask=decay_mask))
   if opt.name == "lamb":
     parts.append(optax.masked(optax.scale_by_trust_ratio(), decay_mask))
-  elif opt.name != "adamw":
-    raise ValueError(f"config.optimizer.name={opt.name!r} is unknown; allowed: 'lamb', 'adamw'.")
   parts.append(_scale_by_learning_rate_argument())
   return optax.chain(*parts)
 

@@ -28,12 +28,13 @@ from rin_diffusion import (
     config_lib,
     diffusion,
     generate,
+    learned_variance,
+    networks,
     optim,
     schedules,
     self_conditioning,
     sharding,
 )
-from rin_diffusion import model as model_lib
 from rin_diffusion.data import pipeline
 from rin_diffusion.evaluation import evaluate
 
@@ -75,17 +76,23 @@ def make_loss_fn(model: nn.Module, config: ml_collections.ConfigDict,
                  conditioning: Conditioning | None = None):
   """loss_fn(params, batch, key) -> the scalar training loss of one global batch."""
   dcfg = config.diffusion
-  mcfg = config.model
   gamma_train = schedules.gamma_fn(dcfg.train_schedule)
   input_scale = float(dcfg.input_scale)
-  num_classes = int(mcfg.num_classes)
+  num_classes = int(config.model.num_classes)
+  timesteps = int(dcfg.timesteps)
+  tables = (learned_variance.process(dcfg.train_schedule) if dcfg.learned_variance else None)
 
   def loss_fn(params, batch, key):
     x0 = batch["image"]
     size = x0.shape[0]
     time_key, noise_key, pass_key = jax.random.split(key, 3)
-    t = jax.random.uniform(time_key, (size,), jnp.float32)
-    gamma = gamma_train(t)
+    if timesteps:  # The discrete process: step i in {1, ..., T}, t = i / T.
+      step = jax.random.randint(time_key, (size,), 1, timesteps + 1)
+      t = step.astype(jnp.float32) / timesteps
+      gamma = tables.alpha_bar[step] if tables is not None else gamma_train(t)
+    else:
+      t = jax.random.uniform(time_key, (size,), jnp.float32)
+      gamma = gamma_train(t)
     noise = jax.random.normal(noise_key, x0.shape, jnp.float32)
     x_t = diffusion.add_noise(x0, gamma, noise, input_scale)
     x_in = diffusion.normalize_input(x_t, gamma, input_scale, dcfg.normalize_input)
@@ -107,11 +114,14 @@ def make_loss_fn(model: nn.Module, config: ml_collections.ConfigDict,
 
     # With rate 0 the first pass is dead code that XLA removes.
     pred, _ = self_conditioning.self_conditioned_apply(
-        apply_fn, model_lib.zero_hidden(mcfg, size), pass_key, float(dcfg.self_cond_rate))
-    loss, _ = diffusion.diffusion_loss(
-        pred, x0=x0, noise=noise, x_t=x_t, gamma=gamma, pred_type=dcfg.pred_type,
-        loss_target=dcfg.loss_target, input_scale=input_scale, weighting=dcfg.loss_weighting,
-        min_snr_gamma=float(dcfg.min_snr_gamma))
+        apply_fn, networks.zero_hidden(config, size), pass_key, float(dcfg.self_cond_rate))
+    loss, per_example = diffusion.diffusion_loss(
+        pred[..., :x0.shape[-1]], x0=x0, noise=noise, x_t=x_t, gamma=gamma,
+        pred_type=dcfg.pred_type, loss_target=dcfg.loss_target, input_scale=input_scale,
+        weighting=dcfg.loss_weighting, min_snr_gamma=float(dcfg.min_snr_gamma))
+    if tables is not None:  # Improved DDPM's hybrid loss: + lambda T L_i, the mean stopped.
+      loss = jnp.mean(per_example + learned_variance.hybrid_vlb(
+          tables, step, x0=x0, x_t=x_t, pred=pred, vlb_weight=float(dcfg.vlb_weight)))
     return loss
 
   return loss_fn
@@ -159,7 +169,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformationExtraArgs,
 
 def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
   """Model, optimizer, state shardings and a jitted state initialiser."""
-  model = model_lib.rin_from_config(config.model)
+  model = networks.from_config(config)
   tx = optim.make_optimizer(config)
   mcfg = config.model
   rules = tuple(tuple(rule) for rule in config.sharding_rules)

@@ -148,9 +148,10 @@ def test_decay_mask_covers_kernels_and_position_embeddings_only():
       "block_0_read/mha/out/kernel", "block_0_read/mlp/dense1/kernel"}
 
 
-@pytest.mark.parametrize("name", ["lamb", "adamw"])
+@pytest.mark.parametrize("name", ["lamb", "adamw", "adam"])
 def test_masked_optimizer_matches_numpy_over_two_steps(name):
-  b1, b2, eps, wd, lrs = 0.9, 0.999, 1e-8, 0.1, (0.01, 0.02)
+  # 'adam' (CDM's) is plain Adam: no weight decay, so no mask to matter.
+  b1, b2, eps, wd, lrs = 0.9, 0.999, 1e-8, 0.0 if name == "adam" else 0.1, (0.01, 0.02)
   config = config_lib.base_config()
   config.optimizer.update(name=name, b1=b1, b2=b2, eps=eps, weight_decay=wd, clip_norm=0.0)
   tx = optim.make_optimizer(config)
@@ -173,9 +174,22 @@ def test_masked_optimizer_matches_numpy_over_two_steps(name):
     assert set(got) == set(expected)
     for leaf in expected:
       np.testing.assert_allclose(got[leaf], expected[leaf], rtol=2e-5, atol=1e-6, err_msg=leaf)
+    if name == "adam":
+      continue
     # The masks matter: decaying (and trust-ratio scaling) biases and norms would differ.
     for leaf in ("stem_conv/bias", "stem_ln/scale", "block_0_read/mlp/ln/bias"):
       assert np.max(np.abs(unmasked[leaf] - expected[leaf])) > 1e-4, leaf
+
+
+def test_adam_refuses_weight_decay_and_unknown_names_are_named():
+  config = config_lib.base_config()
+  config.optimizer.update(name="adam", weight_decay=0.01)
+  with pytest.raises(ValueError, match=r"config.optimizer.weight_decay=0.01: 'adam' has no weight"):
+    optim.make_optimizer(config)
+  config.optimizer.update(name="sgd", weight_decay=0.0)
+  with pytest.raises(ValueError, match=r"config.optimizer.name='sgd' is unknown; allowed: 'lamb', "
+                     r"'adamw', 'adam'"):
+    optim.make_optimizer(config)
 
 
 # --- EMA. ---------------------------------------------------------------------------------------

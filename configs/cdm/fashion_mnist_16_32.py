@@ -7,7 +7,7 @@ at 16: the padded 32 canvas resized), upsampled bicubically and concatenated to 
 conditioning augmentation as in CDM's 32 -> 64 stage: each example is noised at s ~ U(0, 0.5) with
 the base's inference process (cosine, b = 1), and gamma(s) enters as one extra latent token, so
 the pipeline can sweep s* (and hand over the base's truncated state) after training. `:tiny`
-shrinks everything for tests.
+shrinks everything for tests; `:unet` (or `:tiny,unet`) trains a small U-Net with CDM's recipe A.
 """
 
 from rin_diffusion.cascade import stage_configs

@@ -46,6 +46,7 @@ from rin_diffusion import (
   config_lib,
   generate,
   paper_configs,
+  samplers,
   schedules,
   sharding,
   train,
@@ -128,8 +129,11 @@ def load_stages(pipeline: ml_collections.ConfigDict) -> list[Stage]:
     sampler = entry.get("sampler") or sampling.sampler
     steps = int(entry.get("steps") or sampling.steps)
     guidance = float(sampling.guidance if entry.get("guidance") is None else entry["guidance"])
-    if sampler not in ("ddpm", "ddpm_small", "ddim"):
-      raise _bad(f"{where}.sampler", f"{sampler!r}; allowed: 'ddpm', 'ddpm_small', 'ddim'")
+    allowed = samplers.SAMPLERS if config.diffusion.learned_variance else tuple(
+        name for name in samplers.SAMPLERS if name != "ddpm_learned")
+    if sampler not in allowed:
+      raise _bad(f"{where}.sampler", f"{sampler!r}; allowed for this stage: "
+                 f"{', '.join(map(repr, allowed))}")
     if steps < 1 or not math.isfinite(guidance) or guidance < 0:
       raise _bad(where, f"steps={steps}, guidance={guidance}; allowed: steps >= 1, guidance >= 0")
     low = int(config.cascade.low_resolution)

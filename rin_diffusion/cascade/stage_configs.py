@@ -208,14 +208,17 @@ def lsun_stage(name: str, arg: str = "") -> ml_collections.ConfigDict:
   return _stage("lsun", name, arg)
 
 
-def pipeline_config(dataset: str, resolution: int, arg: str = "") -> ml_collections.ConfigDict:
+def pipeline_config(dataset: str, resolution: int, arg: str = "",
+                    network: str = "rin") -> ml_collections.ConfigDict:
   """The pipeline for `resolution` (see PIPELINES) as read by cascade.pipeline.load_stages.
 
   arg tokens: 'truncated' (the Gaussian stage receives the stage below's state at t = s*),
   'runlocal' (runlocal stage configs, 8 samples, 4 steps, levels RUNLOCAL_LEVELS), 'level=<s>'
-  (the Gaussian stage at this one s* instead of a sweep), and for LSUN 'church'.
+  (the Gaussian stage at this one s* instead of a sweep), and for LSUN 'church'. network 'unet':
+  CDM's U-Net stages (UNET_STAGE_FILES), each sampled with its own recipe's sampler and steps.
   """
-  where = f"pipeline_{dataset}_{resolution}.py:{arg}"
+  prefix = "pipeline_unet_" if network == "unet" else "pipeline_"
+  where = f"{prefix}{dataset}_{resolution}.py:{arg}"
   if (dataset, resolution) not in PIPELINES:
     raise ValueError(f"{where}: no such pipeline; allowed: {sorted(PIPELINES)}.")
   flags = {"truncated", "runlocal"} | ({"church"} if dataset == "lsun" else set())
@@ -252,10 +255,15 @@ def pipeline_config(dataset: str, resolution: int, arg: str = "") -> ml_collecti
   p.seed = 0
   p.classes = ""
   stages = []
+  files = UNET_STAGE_FILES if network == "unet" else STAGE_FILES
   for name in names:
-    config = STAGE_FILES[(dataset, name)] + (f":{stage_arg}" if stage_arg else "")
-    # FID samples as in both papers: DDPM (large variance), 1000 steps, no guidance.
-    entry = dict(name=name, config=config, sampler="ddpm", steps=4 if runlocal else 1000,
+    config = files[(dataset, name)] + (f":{stage_arg}" if stage_arg else "")
+    if network == "unet":  # CDM's sampling per stage (UNET_STAGES' recipe), no guidance.
+      recipe = UNET_RECIPES[UNET_STAGES[(dataset, name)]["recipe"]]
+      sampler, steps = recipe["sampler"], recipe["sampling_steps"]
+    else:  # FID samples as in the noise-scheduling paper: DDPM (large variance), 1000 steps.
+      sampler, steps = "ddpm", 1000
+    entry = dict(name=name, config=config, sampler=sampler, steps=4 if runlocal else steps,
                  guidance=0.0)
     row = table[name]
     if row["augmentation"] == "gaussian":
@@ -267,23 +275,171 @@ def pipeline_config(dataset: str, resolution: int, arg: str = "") -> ml_collecti
   return p
 
 
+# ----------------------------------------------------------------------------------------------
+# CDM's own U-Net stages (Appendix B, exactly as written; spec-rin 8.5). The data and augmentation
+# settings are those of the RIN stages above; network, optimizer and diffusion are CDM's.
+
+# Recipes: A (ImageNet 32 and 32 -> 64): T = 4000 Improved-DDPM cosine, learned variances, hybrid
+# loss, sampled over all 4000 steps (CDM section 4.1: "4000 diffusion timesteps"). B (ImageNet 128,
+# 256): trained on T = 2000 DDPM-linear betas with continuous noise conditioning (SR3: t ~ U(0, 1),
+# sqrt(alpha-bar) uniform within a segment), simple loss; sampled with 100 steps. CDM tuned its
+# 100-step linear schedule by search and does not give it: here the 100 steps are uniform on the
+# training process (Improved DDPM's respacing). C (LSUN): Improved DDPM's cosine as a continuous
+# schedule, cosine@s/(1+s),1,1 with s = 0.008 (= cos^2((t + s)/(1 + s) pi/2) / cos^2(s/(1+s) pi/2)),
+# continuous noise conditioning, simple loss, fixed variances; sampled with 256 steps of it.
+# Every recipe predicts eps (DDPM / Improved DDPM / SR3), with b = 1 and no input normalisation.
+_IDDPM_COSINE = f"cosine@{0.008 / 1.008!r},1,1"
+UNET_RECIPES: dict[str, dict[str, Any]] = {
+    "A": dict(schedule="iddpm_cosine@4000", timesteps=4000, learned_variance=True,
+              sampler="ddpm_learned", sampling_steps=4000),
+    "B": dict(schedule="ddpm_linear@2000", timesteps=0, learned_variance=False,
+              sampler="ddpm", sampling_steps=100),
+    "C": dict(schedule=_IDDPM_COSINE, timesteps=0, learned_variance=False,
+              sampler="ddpm", sampling_steps=256),
+}
+# (dataset, stage) -> the U-Net (config.unet fields), training and recipe of Appendix B.
+UNET_STAGES: dict[tuple[str, str], dict[str, Any]] = {
+    ("imagenet", "base32"): dict(
+        unet=dict(base_channels=256, channel_mult=(1, 2, 3, 4), num_res_blocks=6,
+                  attention_resolutions=(8, 16), num_heads=4, head_dim=0, dropout=0.1),
+        batch=2048, lr=1e-4, steps=700_000, recipe="A"),
+    ("imagenet", "sr64"): dict(
+        unet=dict(base_channels=256, channel_mult=(1, 2, 3, 4), num_res_blocks=5,
+                  attention_resolutions=(8, 16), num_heads=4, head_dim=0, dropout=0.1),
+        batch=2048, lr=1e-4, steps=400_000, recipe="A"),
+    ("imagenet", "sr128"): dict(
+        unet=dict(base_channels=128, channel_mult=(1, 2, 4, 8, 8), num_res_blocks=3,
+                  attention_resolutions=(16,), num_heads=1, head_dim=0, dropout=0.0),
+        batch=1024, lr=1e-4, steps=500_000, recipe="B"),
+    ("imagenet", "sr256"): dict(
+        unet=dict(base_channels=128, channel_mult=(1, 2, 4, 4, 8, 8), num_res_blocks=3,
+                  attention_resolutions=(16,), num_heads=1, head_dim=0, dropout=0.0),
+        batch=1024, lr=1e-4, steps=500_000, recipe="B"),
+    ("lsun", "base64"): dict(
+        unet=dict(base_channels=128, channel_mult=(1, 2, 3, 4), num_res_blocks=3,
+                  attention_resolutions=(8, 16, 32), num_heads=0, head_dim=64, dropout=0.1),
+        batch=2048, lr=3e-4, steps=100_000, recipe="C"),
+    ("lsun", "sr128"): dict(
+        unet=dict(base_channels=64, channel_mult=(1, 2, 4, 6, 8), num_res_blocks=3,
+                  attention_resolutions=(8, 16, 32), num_heads=0, head_dim=64, dropout=0.1),
+        batch=1024, lr=2e-4, steps=220_000, recipe="C"),
+}
+UNET_STAGE_FILES = {key: path.replace("configs/cdm/", "configs/cdm/unet_")
+                    for key, path in STAGE_FILES.items()}
+
+
+def apply_unet_recipe(c: ml_collections.ConfigDict, unet_fields: dict[str, Any], recipe: str,
+                      *, below_infer_schedule: str | None = None) -> None:
+  """Turns stage config `c` into a U-Net stage with one of UNET_RECIPES (in place).
+
+  CDM's choices where Appendix B is silent: the U-Net style is DDPM / Improved DDPM ('ddpm') at
+  32 and 64 and SR3 ('sr3') above (CDM section 4.1); Adam without warm-up, decay or clipping
+  (Improved DDPM's); EMA 0.9999 from the start; no classifier-free guidance (CDM uses none, so no
+  label dropout); the noise level enters as gamma = alpha-bar (CDM conditions the SR3 stages on
+  alpha-bar; for the discrete stages gamma is a one-to-one function of the step).
+  """
+  row = UNET_RECIPES[recipe]
+  c.model.architecture = "unet"
+  for field, value in unet_fields.items():
+    c.unet[field] = value
+  c.unet.style = "sr3" if c.model.image_size >= 128 else "ddpm"
+  c.unet.noise_embedding = "gamma"
+  opt = c.optimizer
+  opt.name = "adam"
+  opt.weight_decay = 0.0
+  opt.warmup_steps = 0
+  opt.decay = "constant"
+  opt.clip_norm = 0.0
+  opt.ema_decay = 0.9999
+  opt.ema_warmup = False
+  d = c.diffusion
+  d.train_schedule = d.infer_schedule = row["schedule"]
+  d.timesteps = row["timesteps"]
+  d.learned_variance = row["learned_variance"]
+  d.input_scale, d.normalize_input = 1.0, "none"
+  d.pred_type, d.loss_target, d.loss_weighting = "eps", "eps", "constant"
+  d.self_cond_rate, d.label_dropout = 0.0, 0.0
+  sampling = c.sampling
+  sampling.sampler = sampling.fid_sampler = row["sampler"]
+  sampling.steps = sampling.fid_steps = row["sampling_steps"]
+  sampling.guidance = sampling.fid_guidance = 0.0
+  if below_infer_schedule is not None and c.cascade.aug_level_max > 0:
+    # The augmentation process is the stage below's inference process (truncated handover); for
+    # the ImageNet 32 -> 64 stage it is the 4000-step cosine, so s is CDM's step s * 4000.
+    c.cascade.aug_schedule = below_infer_schedule
+    c.cascade.aug_input_scale = 1.0
+
+
+def unet_stage(dataset: str, name: str, arg: str = "") -> ml_collections.ConfigDict:
+  """CDM's U-Net stage `name` of `dataset` as Appendix B writes it. arg: 'runlocal' (a CPU-sized
+  U-Net of the same structure, 4 sampling steps), and for LSUN 'church'."""
+  key = (dataset, name)
+  if key not in UNET_STAGES:
+    raise ValueError(f"{dataset} U-Net stage {name!r}: allowed: "
+                     f"{', '.join(n for d, n in UNET_STAGES if d == dataset)}.")
+  tokens = [t.strip() for t in arg.split(",")] if arg.strip() else []
+  allowed = {"runlocal"} | ({"church"} if dataset == "lsun" else set())
+  unknown = [t for t in tokens if t not in allowed]
+  if unknown or len(set(tokens)) != len(tokens):
+    raise ValueError(f"{UNET_STAGE_FILES[key]}:{arg}: unknown or repeated tokens {tokens}; "
+                     f"allowed: {', '.join(sorted(allowed))}, once each.")
+  row = UNET_STAGES[key]
+  c = _stage(dataset, name, arg)  # Data and augmentation settings of the RIN stage.
+  below = _stage_table(dataset)[name]["below"]
+  below_schedule = (UNET_RECIPES[UNET_STAGES[(dataset, below)]["recipe"]]["schedule"]
+                    if below else None)
+  apply_unet_recipe(c, dict(row["unet"]), row["recipe"], below_infer_schedule=below_schedule)
+  if "runlocal" not in tokens:
+    c.batch_size, c.optimizer.learning_rate, c.total_steps = row["batch"], row["lr"], row["steps"]
+  else:  # The same structure, CPU-sized; _stage's runlocal batch and steps.
+    c.unet.base_channels = 32
+    c.unet.num_res_blocks = 1
+    c.unet.head_dim = 16 if c.unet.head_dim else 0
+    c.sampling.steps = c.sampling.fid_steps = 4
+  return c
+
+
 _FASHION_MNIST = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir,
                               "configs", "fashion_mnist.py")
 
 
 def fashion_mnist_stage(arg: str = "") -> ml_collections.ConfigDict:
-  """The offline demo cascade's common stage: configs/fashion_mnist.py[:arg], evaluated as a whole.
+  """The offline demo cascade's common stage: configs/fashion_mnist.py[:tiny], evaluated as a whole.
 
   The demo's network for 1,500 steps per stage, so that both stages train in about 20 minutes on
   2 cores. The interface convolution smooths the 4x4 patch seams that an upsampling stage would
   otherwise reproduce; on the 32x32 demo it gave FID 210 vs 216 but CAS 40 % vs 67 %
   (docs/demo_diagnosis.md, row 10), measured after the demo cascade's run: revisit.
+
+  arg: comma-separated 'tiny' (tests) and 'unet' (a small U-Net with CDM's recipe A: learned
+  variances, hybrid loss, T = 4000, Adam; FASHION_MNIST_UNET).
   """
-  c = paper_configs.load_config(f"{_FASHION_MNIST}:{arg}" if arg else _FASHION_MNIST)
-  if arg != "tiny":
+  tokens = [t.strip() for t in arg.split(",")] if arg.strip() else []
+  unknown = [t for t in tokens if t not in ("tiny", "unet")]
+  if unknown:
+    raise ValueError(f"fashion_mnist stage arg {arg!r}: unknown tokens {unknown}; allowed: "
+                     "'tiny', 'unet'.")
+  tiny = "tiny" in tokens
+  c = paper_configs.load_config(f"{_FASHION_MNIST}:tiny" if tiny else _FASHION_MNIST)
+  if not tiny:
     c.model.tape_conv = True
     c.total_steps = 1500
     c.checkpoint_every_steps = 500
+  if "unet" in tokens:
+    apply_unet_recipe(c, FASHION_MNIST_UNET["tiny" if tiny else "demo"], "A")
+    c.optimizer.learning_rate = 2e-4 if not tiny else 1e-3
+    c.optimizer.ema_decay = 0.999
+    c.optimizer.ema_warmup = True
+    c.sampling.steps = c.sampling.fid_steps = 4 if tiny else 100
   c.sample_every_steps = c.total_steps
   c.eval_every_steps = 0  # The cascade is evaluated as a whole (python -m rin_diffusion.cascade).
   return c
+
+
+# The demo cascade's U-Nets (the 'unet' token): DDPM-style, attention at 8x8 (visited at 16 and 32).
+FASHION_MNIST_UNET = {
+    "demo": dict(base_channels=64, channel_mult=(1, 2, 2), num_res_blocks=2,
+                 attention_resolutions=(8,), num_heads=4, head_dim=0, dropout=0.1),
+    "tiny": dict(base_channels=16, channel_mult=(1, 2, 2), num_res_blocks=1,
+                 attention_resolutions=(8,), num_heads=2, head_dim=0, dropout=0.0, norm_groups=8),
+}

@@ -1,6 +1,7 @@
 """Parameter counts of the paper's RIN architectures, built abstractly (no parameter memory).
 
   python -m rin_diffusion.tools.param_table
+  python -m rin_diffusion.tools.param_table --cascade    # CDM's U-Net stages and pipelines
 
 prints a markdown table: Table 1 of the noise-scheduling paper (Chen 2023), our count, the paper's
 count and the count from the closed form in the spec (rin-reference.md section 3.3), then the
@@ -17,11 +18,12 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from flax.core import meta
 
 from rin_diffusion import model as model_lib
-from rin_diffusion import paper_configs
+from rin_diffusion import networks, paper_configs
 
 # Fields shared by every Table-1 architecture (16 heads, r = r_t = 4, classes on the latents).
 # The spec's closed-form count of each Table-1 architecture (spec-rin 3.3), in M.
@@ -73,7 +75,15 @@ def model_config_for(row: Mapping[str, Any]) -> dict[str, Any]:
 
 def count_params(model_config: Mapping[str, Any]) -> int:
   """Number of parameters of `rin_from_config(model_config)`, via jax.eval_shape (no memory)."""
-  net = model_lib.rin_from_config(model_config)
+  return _count(model_lib.rin_from_config(model_config))
+
+
+def count_config_params(config: ml_collections.ConfigDict) -> int:
+  """Number of parameters of a run config's network (RIN or U-Net), via jax.eval_shape."""
+  return _count(networks.from_config(config))
+
+
+def _count(net) -> int:
   size = net.image_size
   in_channels = net.channels + net.extra_in_channels
   args = [jax.ShapeDtypeStruct((1, size, size, in_channels), jnp.float32),
@@ -116,10 +126,49 @@ def render() -> str:
   return "\n".join(lines)
 
 
+# The noise-scheduling paper's Table 5: CDM's ImageNet pipelines, in M parameters.
+CDM_TABLE5_M = {128: 1058, 256: 1953}
+
+
+def cascade_counts() -> dict[str, int]:
+  """Exact parameter count of every CDM U-Net stage config (configs/cdm/unet_*.py)."""
+  from rin_diffusion.cascade import stage_configs  # noqa: PLC0415 -- only for --cascade.
+
+  return {f"{dataset} {name}": count_config_params(stage_configs.unet_stage(dataset, name))
+          for dataset, name in stage_configs.UNET_STAGES}
+
+
+def render_cascade() -> str:
+  from rin_diffusion.cascade import stage_configs  # noqa: PLC0415
+
+  counts = cascade_counts()
+  lines = ["CDM U-Net stages (Ho et al. 2021, Appendix B; configs/cdm/unet_*.py)", "",
+           "| stage | config | U-Net (ch, mult, blocks, attn) | params (M) | exact |",
+           "|---|---|---|---|---|"]
+  for (dataset, name), row in stage_configs.UNET_STAGES.items():
+    unet = row["unet"]
+    shape = (f"{unet['base_channels']}, {','.join(map(str, unet['channel_mult']))}, "
+             f"{unet['num_res_blocks']}, {','.join(map(str, unet['attention_resolutions']))}")
+    exact = counts[f"{dataset} {name}"]
+    lines.append(f"| {dataset} {name} | {stage_configs.UNET_STAGE_FILES[(dataset, name)]} "
+                 f"| {shape} | {exact / 1e6:.2f} | {exact:,} |")
+  lines += ["", "ImageNet pipelines vs the noise-scheduling paper's Table 5", "",
+            "| pipeline | stages | ours (M) | Table 5 (M) | rel. diff |", "|---|---|---|---|---|"]
+  for resolution, paper in CDM_TABLE5_M.items():
+    names = stage_configs.PIPELINES[("imagenet", resolution)]
+    total = sum(counts[f"imagenet {name}"] for name in names)
+    lines.append(f"| {resolution}x{resolution} | {' + '.join(names)} | {total / 1e6:.1f} "
+                 f"| {paper} | {(total / 1e6 - paper) / paper * 100:+.1f} % |")
+  return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
   argv = sys.argv[1:] if argv is None else argv
+  if argv == ["--cascade"]:
+    print(render_cascade())
+    return
   if argv:
-    raise SystemExit(f"param_table takes no arguments, got {list(argv)}")
+    raise SystemExit(f"param_table takes no arguments or --cascade, got {list(argv)}")
   print(render())
 
 
