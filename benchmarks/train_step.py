@@ -25,6 +25,7 @@ from rin_diffusion import paper_configs, sharding, train  # noqa: E402
 
 
 def time_steps(config, steps: int) -> dict[str, float]:
+  """Median train-step time of `config` (a super-resolution stage gets its low-res inputs)."""
   mesh = sharding.make_mesh(config.mesh)
   model, tx, init_fn, _, state_shardings = train.build(config, mesh)
   state = init_fn(int(config.seed))
@@ -33,14 +34,24 @@ def time_steps(config, steps: int) -> dict[str, float]:
       "image": jnp.zeros((config.batch_size, size, size, channels), jnp.float32),
       "label": jnp.zeros((config.batch_size,), jnp.int32),
   }
+  conditioning = None
+  low = int(config.cascade.low_resolution)
+  if low:
+    from rin_diffusion.cascade import stage  # noqa: PLC0415 -- only for cascade stages.
+
+    conditioning = stage.conditioning(config)
+    batch["low_res"] = jnp.zeros((config.batch_size, low, low, channels), jnp.float32)
   batch = jax.device_put(batch, sharding.batch_sharding(mesh))
-  step_fn = jax.jit(train.make_train_step(model, tx, config),
+  step_fn = jax.jit(train.make_train_step(model, tx, config, conditioning),
                     in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
                     out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
   start = time.perf_counter()
-  state, metrics = step_fn(state, batch)
-  jax.block_until_ready(metrics)
+  step_fn = step_fn.lower(state, batch).compile()
   compile_s = time.perf_counter() - start
+  cost = step_fn.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost  # A list in older jax versions.
+  state, metrics = step_fn(state, batch)  # Warm-up.
+  jax.block_until_ready(metrics)
   times = []
   for _ in range(steps):
     start = time.perf_counter()
@@ -49,7 +60,9 @@ def time_steps(config, steps: int) -> dict[str, float]:
     times.append(time.perf_counter() - start)
   median = statistics.median(times)
   return {"compile_s": compile_s, "step_ms": 1000 * median,
-          "images_per_s": config.batch_size / median}
+          "images_per_s": config.batch_size / median,
+          "params": sum(x.size for x in jax.tree.leaves(state["params"])),
+          "gflops_per_image": (cost or {}).get("flops", float("nan")) / config.batch_size / 1e9}
 
 
 def main() -> None:
