@@ -15,10 +15,10 @@ no Gaussian noise (CDM found it unhelpful at 128 and 256), no blur at sampling. 
 process fields hold the 32 -> 64 stage's inference process ('cosine', b = 1) for consistency;
 at s = 0 they only scale z by b and back.
 
-CDM (Appendix B): U-Net 128 channels, mult 1,2,4,8,8, 3 res blocks, attention at 16, 1 head;
-Adam 1e-4, batch 1024, 500K steps, no dropout, EMA 0.9999; trained with T = 2000 linear, simple
-loss, continuous noise conditioning, sampled with 100 steps (not implemented here). CDM's 128
-pipeline FID: 3.52.
+CDM (Appendix B): U-Net 128 channels, mult 1,2,4,8,8, 3 res blocks, attention at 16, 1 head; Adam
+1e-4, batch 1024, 500K steps, no dropout, EMA 0.9999; trained with T = 2000 linear, simple loss,
+continuous noise conditioning, sampled with 100 steps (configs/cdm/unet_imagenet_64_128.py). CDM's
+128 pipeline FID: 3.52.
 
 Args: see rin_diffusion/cascade/stage_configs.py (runlocal, b=, schedule=, steps=, batch=, lr=,
 decay=).

@@ -16,8 +16,8 @@ centre crop and antialiased bicubic resize to 64, random flips. Not prepared by 
 rin_diffusion/cascade/stage_configs.py.
 
 CDM (Appendix B.2): U-Net 128 channels, mult 1,2,3,4, 3 res blocks, attention at 8, 16, 32, head
-dim 64; Adam 3e-4, batch 2048, 100K steps, dropout 0.1, EMA 0.9999; cosine, fixed variances,
-simple loss, continuous noise conditioning, sampled with 256 cosine steps (not implemented here).
+dim 64; Adam 3e-4, batch 2048, 100K steps, dropout 0.1, EMA 0.9999; cosine, fixed variances, simple
+loss, continuous noise conditioning, sampled with 256 cosine steps (configs/cdm/unet_lsun_64.py).
 
 Args: see rin_diffusion/cascade/stage_configs.py (runlocal, church, b=, schedule=, steps=, batch=,
 lr=, decay=).

@@ -19,8 +19,8 @@ for LSUN; s_max is the ImageNet 32 -> 64 choice (stage_configs). Data: 'lsun/bed
 'lsun/church_outdoor' with `church` (the same settings in CDM).
 
 CDM (Appendix B.2): U-Net 64 channels, mult 1,2,4,6,8, 3 res blocks, attention at 8, 16, 32, head
-dim 64; Adam 2e-4, batch 1024, 220K steps, dropout 0.1, EMA 0.9999; cosine, fixed variances,
-simple loss, continuous noise conditioning, 256 cosine sampling steps (not implemented here).
+dim 64; Adam 2e-4, batch 1024, 220K steps, dropout 0.1, EMA 0.9999; cosine, fixed variances, simple
+loss, continuous noise conditioning, 256 cosine sampling steps (configs/cdm/unet_lsun_64_128.py).
 
 Args: see rin_diffusion/cascade/stage_configs.py (runlocal, church, b=, schedule=, steps=, batch=,
 lr=, decay=).

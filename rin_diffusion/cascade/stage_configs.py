@@ -60,8 +60,13 @@ CDM's own networks and diffusion settings (Appendix B; U-Nets) vs what is kept h
   Ours: RIN (Table 1 of the output resolution), LAMB lr 2e-3 (warm-up 10k, cosine@0.7, wd 0.01),
   batch 1024, 150k steps (base32, sr64, LSUN base64) or 250k (128, 256), no dropout, EMA 0.9999,
   gamma = 1 - t with b = 1 (32, 64), 0.6 (128), 0.5 (256), eps prediction, self-conditioning 0.9,
-  sampling DDPM 1000 steps 'cosine'. CDM's U-Net recipe (Adam 1e-4, T = 4000, learned variances,
-  hybrid loss, dropout) is not implemented here.
+  sampling DDPM 1000 steps 'cosine'.
+
+  CDM's own: the same stages with CDM's U-Nets and recipes A-C exactly as written
+  (`unet_stage`, configs/cdm/unet_*.py and pipeline_unet_*.py; see UNET_RECIPES and
+  apply_unet_recipe for what Appendix B leaves open). Counts (`param_table --cascade`): base32
+  792,251,910; sr64 718,437,126; sr128 575,283,203; sr256 634,046,467; LSUN base64 122,906,243;
+  LSUN sr128 126,257,795.
 
 Parameter counts (exact, `param_table.count_params`; tests/test_cdm_configs.py checks them against
 the closed form): base32 214,396,940; sr64 215,197,232; sr128 214,851,632; sr256 319,131,840;

@@ -159,6 +159,19 @@ def render_cascade() -> str:
     total = sum(counts[f"imagenet {name}"] for name in names)
     lines.append(f"| {resolution}x{resolution} | {' + '.join(names)} | {total / 1e6:.1f} "
                  f"| {paper} | {(total / 1e6 - paper) / paper * 100:+.1f} % |")
+  # What the two totals would imply for the last stage, given Appendix B's first two stages.
+  shared = (counts["imagenet base32"] + counts["imagenet sr64"]) / 1e6
+  sr128, sr256 = counts["imagenet sr128"] / 1e6, counts["imagenet sr256"] / 1e6
+  lines += [
+      "",
+      f"* base32 + sr64 alone have {shared:.1f} M parameters, more than Table 5's whole 128 "
+      f"pipeline ({CDM_TABLE5_M[128]} M): no 64 -> 128 stage fits that total, so it cannot follow "
+      "from Appendix B.",
+      f"* Table 5's totals differ by {CDM_TABLE5_M[256] - CDM_TABLE5_M[128]} M; Appendix B's "
+      f"64 -> 256 and 64 -> 128 stages differ by {sr256 - sr128:.1f} M (one more level, 512 "
+      "channels at 256x256). The 256 total alone is within 10 % of ours: it would imply a "
+      f"{CDM_TABLE5_M[256] - shared:.0f} M 64 -> 256 stage against our {sr256:.0f} M.",
+  ]
   return "\n".join(lines)
 
 
