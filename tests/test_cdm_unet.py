@@ -13,7 +13,6 @@ import test_unet
 import trainer_utils
 
 from rin_diffusion import config_lib, paper_configs, schedules, train
-from rin_diffusion.cascade import __main__ as cascade_main
 from rin_diffusion.cascade import pipeline as pipeline_lib
 from rin_diffusion.cascade import stage as stage_lib
 from rin_diffusion.cascade import stage_configs
@@ -149,9 +148,9 @@ def unet_cascade(tmp_path_factory):
   root = str(tmp_path_factory.mktemp("unet_cascade"))
   p = _pipeline(root)
   p.stages[1]["overrides"]["total_steps"] = 3
-  cascade_main.train_stages(pipeline_lib, p, root)  # base16 to 6 steps, sr32 to 3.
+  pipeline_lib.train_stages(p, root)  # base16 to 6 steps, sr32 to 3.
   p = _pipeline(root)
-  cascade_main.train_stages(pipeline_lib, p, root)  # base16 is done; sr32 resumes to 6.
+  pipeline_lib.train_stages(p, root)  # base16 is done; sr32 resumes to 6.
   return root
 
 

@@ -51,7 +51,7 @@ def main(argv) -> None:
   from rin_diffusion.cascade import pipeline as pipeline_lib  # noqa: PLC0415
 
   if _MODE.value == "train":
-    train_stages(pipeline_lib, pipeline, _WORKDIR.value)
+    pipeline_lib.train_stages(pipeline, _WORKDIR.value)
     return
   summary = pipeline_lib.run(pipeline, _WORKDIR.value, _OUTPUT.value)
   print(json.dumps({"stages": [{k: stage[k] for k in ("name", "seconds", "branches")}
@@ -69,20 +69,6 @@ def main(argv) -> None:
             f"against {scores['num_reference']} reference images)")
     best = min(results, key=lambda branch: results[branch]["fid"])
     print(f"Best level by FID: {last} {best} (FID {results[best]['fid']:.1f})")
-
-
-def train_stages(pipeline_lib, pipeline, workdir: str) -> None:
-  """Trains every stage of the pipeline in order, each as an ordinary (resumable) run."""
-  from rin_diffusion import train  # noqa: PLC0415
-  from rin_diffusion.cascade import stage as stage_lib  # noqa: PLC0415
-
-  stages = pipeline_lib.load_stages(pipeline)  # Every stage checked before the first trains.
-  for stage in stages:
-    conditioning = (stage_lib.conditioning(stage.config)
-                    if int(stage.config.cascade.low_resolution) else None)
-    logging.info("cascade: training stage %r", stage.name)
-    train.train_and_evaluate(stage.config, os.path.join(workdir, stage.name),
-                             conditioning=conditioning)
 
 
 def run() -> None:

@@ -189,6 +189,18 @@ def load_stages(pipeline: ml_collections.ConfigDict) -> list[Stage]:
   return stages
 
 
+def train_stages(pipeline: ml_collections.ConfigDict, workdir: str) -> None:
+  """Trains every stage in order, each an ordinary resumable run in <workdir>/<stage name>
+  (`python -m rin_diffusion.cascade --mode=train`). Every stage is checked before the first trains."""
+  stages = load_stages(pipeline)
+  for stage in stages:
+    conditioning = (stage_lib.conditioning(stage.config)
+                    if int(stage.config.cascade.low_resolution) else None)
+    logging.info("cascade: training stage %r", stage.name)
+    train.train_and_evaluate(stage.config, str(epath.Path(workdir) / stage.name),
+                             conditioning=conditioning)
+
+
 def restore_stages(stages: Sequence[Stage], workdir: str) -> None:
   """Builds each stage's model and mesh and restores its EMA parameters from workdir/<name>."""
   for stage in stages:
