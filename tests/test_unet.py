@@ -14,7 +14,7 @@ from rin_diffusion import unet as unet_lib
 
 BATCH = 2
 MODEL_KEYS = ("image_size", "channels", "extra_in_channels", "num_extra_tokens", "num_classes",
-              "dtype")
+              "dtype", "remat")
 
 # Tiny configs (model fields, unet fields). DDPM: every conditioning input, attention at 4x4 and
 # in the middle, 2 heads, learned variance, dropout (inactive unless train=True). SR3: BigGAN
@@ -62,7 +62,7 @@ def split(fields):
 def build(fields, **overrides):
   model, unet = split({**fields, **overrides})
   defaults = dict(image_size=32, channels=3, extra_in_channels=0, num_extra_tokens=0,
-                  num_classes=1000, dtype="float32")
+                  num_classes=1000, dtype="float32", remat=False)
   return unet_lib.unet_from_config({**defaults, **model}, unet)
 
 
@@ -433,6 +433,21 @@ def test_bfloat16_compute_keeps_float32_params_and_output():
   pred, _ = jax.eval_shape(lambda v: net.apply(v, **inputs(net), train=False),
                            nn.meta.unbox(variables))
   assert pred.dtype == jnp.float32 and pred.shape == (BATCH, 8, 8, 1)
+
+
+def test_remat_changes_neither_parameters_nor_values_nor_gradients(ddpm):
+  remat = build(DDPM, remat=True)
+  assert jax.tree.structure(abstract_variables(remat)) == jax.tree.structure(
+      abstract_variables(ddpm.net))
+
+  def loss(net, params):
+    pred, _ = net.apply({"params": params}, **ddpm.args, train=False)
+    return jnp.mean(jnp.square(pred - 0.1))
+
+  plain = jax.jit(jax.value_and_grad(lambda p: loss(ddpm.net, p)))(ddpm.params)
+  checkpointed = jax.jit(jax.value_and_grad(lambda p: loss(remat, p)))(ddpm.params)
+  for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(checkpointed)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
 def test_every_parameter_has_logical_names():
