@@ -19,6 +19,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0
   c.total_steps = 150_000
   c.batch_size = 1024  # Global, over all processes and devices.
+  # The network runs over this many microbatches of the batch in turn, each forward recomputed in
+  # the backward pass: activation memory of one microbatch, the same update as the whole batch (up
+  # to float reassociation; dropout masks are drawn per microbatch), about one more forward pass.
+  c.grad_accum_steps = 1
   c.log_every_steps = 100
   c.checkpoint_every_steps = 5_000
   c.sample_every_steps = 10_000
@@ -257,7 +261,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   # Deferred: configs must load without jax.
   from rin_diffusion import generate, networks, optim, samplers, schedules
 
-  for field in ("total_steps", "batch_size", "log_every_steps", "checkpoint_every_steps"):
+  for field in ("total_steps", "batch_size", "log_every_steps", "checkpoint_every_steps",
+                "grad_accum_steps"):
     value = config[field]
     if not isinstance(value, int) or value <= 0:
       raise ValueError(f"config.{field}={value!r}: must be a positive integer.")

@@ -101,9 +101,15 @@ def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, ja
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local_batch)
 
 
-def check_batch_divisible(batch_size: int, mesh: Mesh) -> None:
+def check_batch_divisible(batch_size: int, mesh: Mesh, grad_accum_steps: int = 1) -> None:
+  """Every device gets the same rows of the batch (and of each microbatch when accumulating)."""
   devices = mesh.devices.size
   if batch_size % devices:
     raise ValueError(
         f"config.batch_size={batch_size} is not divisible by the {devices} devices of the mesh "
         f"{dict(mesh.shape)}; use a multiple of {devices}.")
+  if grad_accum_steps > 1 and batch_size % (devices * grad_accum_steps):
+    raise ValueError(
+        f"config.grad_accum_steps={grad_accum_steps}: config.batch_size={batch_size} is not "
+        f"divisible by {grad_accum_steps} microbatches x {devices} devices; use a batch size "
+        f"that is a multiple of {devices * grad_accum_steps}, or fewer steps.")

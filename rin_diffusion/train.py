@@ -81,6 +81,31 @@ def make_loss_fn(model: nn.Module, config: ml_collections.ConfigDict,
   num_classes = int(config.model.num_classes)
   timesteps = int(dcfg.timesteps)
   tables = (learned_variance.process(dcfg.train_schedule) if dcfg.learned_variance else None)
+  accum_steps = int(config.grad_accum_steps)
+
+  def apply_model(params, inputs, dropout_key):
+    """The network on the whole batch, or over config.grad_accum_steps microbatches in turn."""
+    if accum_steps == 1:
+      return model.apply({"params": params}, *inputs, train=True, rngs={"dropout": dropout_key})
+
+    # Microbatch i holds rows i, i + k, i + 2k, ...: each device's contiguous block of the batch
+    # contributes equally to every microbatch, so the batch sharding carries over unchanged.
+    def to_micro(a):
+      return jnp.swapaxes(a.reshape((a.shape[0] // accum_steps, accum_steps) + a.shape[1:]), 0, 1)
+
+    def from_micro(a):
+      return jnp.swapaxes(a, 0, 1).reshape((-1,) + a.shape[2:])
+
+    # Checkpointed: the backward pass keeps only each microbatch's inputs and recomputes its
+    # activations, so activation memory is one microbatch's (at the cost of one more forward).
+    @jax.checkpoint
+    def one_microbatch(index, micro_inputs):
+      return model.apply({"params": params}, *micro_inputs, train=True,
+                         rngs={"dropout": jax.random.fold_in(dropout_key, index)})
+
+    outputs = jax.lax.map(lambda args: one_microbatch(*args),
+                          (jnp.arange(accum_steps), jax.tree.map(to_micro, inputs)))
+    return jax.tree.map(from_micro, outputs)
 
   def loss_fn(params, batch, key):
     x0 = batch["image"]
@@ -109,8 +134,7 @@ def make_loss_fn(model: nn.Module, config: ml_collections.ConfigDict,
       dropout_key, label_key = jax.random.split(key)
       class_onehot = (self_conditioning.label_dropout(onehot, label_key, dcfg.label_dropout)
                       if onehot is not None else None)
-      return model.apply({"params": params}, x_in, gamma, class_onehot, hidden, extra_gammas,
-                         train=True, rngs={"dropout": dropout_key})
+      return apply_model(params, (x_in, gamma, class_onehot, hidden, extra_gammas), dropout_key)
 
     # With rate 0 the first pass is dead code that XLA removes.
     pred, _ = self_conditioning.self_conditioned_apply(
@@ -237,7 +261,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         "super-resolution stage (low_resolution > 0).")
   mesh = sharding.make_mesh(config.mesh, devices)
   # Every process holds the same number of mesh devices, so this also splits it over processes.
-  sharding.check_batch_divisible(int(config.batch_size), mesh)
+  sharding.check_batch_divisible(int(config.batch_size), mesh, int(config.grad_accum_steps))
   is_chief = jax.process_index() == 0
   _check_workdir(workdir)
   source = _make_source_chief_first(config.dataset)  # Fails early and clearly if data is missing.
