@@ -411,3 +411,37 @@ def test_fid_tool_end_to_end_and_errors(default_model, tmp_path, cache, capsys):
   assert capsys.readouterr().err.strip().startswith("rin_diffusion: error: samples")
   assert fid_tool.main([samples, "fashion_mnist"]) == 2
   assert "dataset:split" in capsys.readouterr().err
+
+
+def test_low_pass_removes_detail_finer_than_its_factor():
+  checker = (np.indices((8, 8)).sum(axis=0) % 2 * 255).astype(np.uint8)[None, ..., None]
+  flat = reference.low_pass(checker, 2)  # Every 2x2 block averages to 127.5: no detail left.
+  assert flat.shape == checker.shape and flat.dtype == np.uint8
+  assert set(np.unique(flat)) <= {127, 128}
+  constant = np.full((2, 8, 8, 3), 77, np.uint8)
+  np.testing.assert_array_equal(reference.low_pass(constant, 4), constant)
+  coarse = np.kron(np.array([[0, 255], [255, 0]], np.uint8), np.ones((4, 4), np.uint8))
+  kept = reference.low_pass(coarse[None, ..., None], 2)[0, ..., 0]  # Detail at 1/4: kept, blurred.
+  assert kept[0, 0] < 40 and kept[0, 7] > 215 and kept[7, 7] < 40
+  with pytest.raises(ValueError, match="--lowpass=3: must divide the image size 8x8"):
+    reference.low_pass(checker, 3)
+
+
+def test_fid_tool_lowpass_and_real_samples(default_model, tmp_path, cache, capsys):
+  images = np.concatenate([_pattern_images(), _pattern_images()[:, :, ::-1]])
+  samples = str(tmp_path / "samples.npz")
+  np.savez(samples, images=images)
+  assert fid_tool.main([samples, samples, f"--cache_dir={cache}", "--batch_size=2",
+                        "--lowpass=2"]) == 0
+  result = json.loads(capsys.readouterr().out.strip())
+  assert abs(result["fid"]) < 1e-2 and "low-passed by 2" in result["reference"]
+  # Real images as the samples (the floor): the fake test split against itself.
+  raw_dir = str(tmp_path / "raw")
+  testing.write_fake_fashion_mnist(raw_dir, num_train=4, num_test=4)
+  flags = [f"--cache_dir={cache}", "--batch_size=2", "--image_size=32", "--num_samples=4",
+           "--num_reference=4", f"--data_dir={tmp_path / 'tfds'}", f"--manual_dir={raw_dir}"]
+  assert fid_tool.main(["fashion_mnist:test", "fashion_mnist:test", *flags]) == 0
+  result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])  # After TFDS's notes.
+  assert abs(result["fid"]) < 1e-2 and result["num_samples"] == 4
+  assert fid_tool.main(["fashion_mnist:test", "fashion_mnist:train", f"--cache_dir={cache}"]) == 2
+  assert "needs --image_size" in capsys.readouterr().err

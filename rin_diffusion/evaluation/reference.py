@@ -31,6 +31,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 from etils import epath
+from PIL import Image
 
 from rin_diffusion.evaluation import inception as inception_lib
 from rin_diffusion.evaluation import metrics
@@ -113,6 +114,32 @@ def _open_source(source: str, image_size: int | None, data_dir: str, manual_dir:
   return len(data_source), read, name, cache_key, f"TFDS {name}:{split}"
 
 
+def low_pass(images: np.ndarray, factor: int) -> np.ndarray:
+  """uint8 (N, H, W, C) images averaged over factor x factor blocks (PIL box) and resized back
+  (bilinear): what remains of them below 1 / factor of their resolution. factor 1: unchanged."""
+  if factor == 1:
+    return images
+  images = np.asarray(images)
+  height, width = images.shape[1:3]
+  if height % factor or width % factor:
+    raise ValueError(f"--lowpass={factor}: must divide the image size {height}x{width}.")
+  out = np.empty_like(images)
+  for n, image in enumerate(images):
+    for c in range(image.shape[-1]):
+      small = Image.fromarray(image[..., c]).resize((width // factor, height // factor), Image.BOX)
+      out[n, ..., c] = np.asarray(small.resize((width, height), Image.BILINEAR))
+  return out
+
+
+def real_images(source: str, *, image_size: int, num_images: int, data_dir: str = "",
+                manual_dir: str = "", pad_to: int = 0) -> np.ndarray:
+  """uint8 (N, H, W, C) real images of a TFDS 'dataset:split' or an .npz, preprocessed as in
+  training (the same seed-0 subset a reference of that size uses)."""
+  total, read, pipeline_name, _, _ = _open_source(source, image_size, data_dir, manual_dir)
+  dataset_config = _dataset_config(pipeline_name, "", image_size, data_dir, manual_dir, pad_to)
+  return np.stack([_to_uint8(read(int(i)), dataset_config) for i in _subset(total, num_images)])
+
+
 def _cache_file(directory: str, key: dict[str, Any]) -> epath.Path:
   digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
   name = key.get("dataset") or os.path.basename(str(key.get("npz")))
@@ -124,8 +151,10 @@ def _cache_file(directory: str, key: dict[str, Any]) -> epath.Path:
 def reference_statistics(source: str, *, image_size: int | None, num_images: int,
                          inception: inception_lib.InceptionModel, cache_dir: str | None,
                          data_dir: str = "", manual_dir: str = "", pad_to: int = 0,
-                         batch_size: int = 32) -> dict[str, Any]:
+                         batch_size: int = 32, lowpass: int = 1) -> dict[str, Any]:
   """Inception statistics of `num_images` real images of `source` (cached; see the module doc).
+
+  lowpass > 1 applies `low_pass` to every image first (a diagnostic: FID of the coarse content).
 
   Returns {'mu' (2048,), 'sigma' (2048, 2048) float64, 'features' (<= MAX_STORED_FEATURES, 2048)
   float32 pool3 features for precision/recall, 'num_images', 'description'}.
@@ -144,6 +173,9 @@ def reference_statistics(source: str, *, image_size: int | None, num_images: int
              max_features=MAX_STORED_FEATURES, format=_CACHE_FORMAT)
   if pad_to and image_size is not None and pad_to != image_size:  # Else existing keys hold.
     key.update(pad_to=int(pad_to))
+  if lowpass != 1:
+    key.update(lowpass=int(lowpass))
+    description += f", low-passed by {lowpass}"
   description = (f"{description}, {len(indices)} of {total} images, "
                  + (f"preprocessed to {image_size}x{image_size} as in training"
                     if image_size else "as stored"))
@@ -163,6 +195,8 @@ def reference_statistics(source: str, *, image_size: int | None, num_images: int
   chunk = batch_size * _CHUNK_BATCHES
   for start in range(0, len(indices), chunk):
     images = [_to_uint8(read(int(i)), dataset_config) for i in indices[start:start + chunk]]
+    if lowpass != 1:
+      images = list(low_pass(np.stack(images), lowpass))
     features.append(inception.compute(images, batch_size=batch_size)["pool3"])
     done = min(len(indices), start + chunk)
     logging.info("Reference %s: %d/%d images through Inception (%.0f s).", source, done,

@@ -4,7 +4,10 @@ r"""FID, Inception Score and precision/recall of a sample .npz against a referen
       fashion_mnist:test --num_reference=1000
 
 SAMPLES is an .npz of uint8 images (key 'images', as `main --mode=sample` writes, else its first
-array). REFERENCE is an .npz of real uint8 images or a TFDS 'dataset:split' ('fashion_mnist:test',
+array), or a TFDS 'dataset:split' of real images (--num_samples of them, preprocessed at
+--image_size: the real-data floor of the scale). --lowpass=F low-passes samples and reference alike
+(F x F box average, bilinear back): FID of the content below 1/F of the resolution, a diagnostic
+of how much of a score is fine detail (cached separately). REFERENCE is an .npz of real uint8 images or a TFDS 'dataset:split' ('fashion_mnist:test',
 'imagenet2012:train'); real images get the training preprocessing at --image_size (default: the
 samples' size) and their statistics are cached in --cache_dir (default $RIN_DIFFUSION_CACHE or
 ~/.cache/rin_diffusion). --num_reference defaults to the number of samples (pass 50000 for the
@@ -55,6 +58,10 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
   parser.add_argument("--data_dir", default="", help="TFDS data_dir of the reference dataset")
   parser.add_argument("--manual_dir", default="", help="raw files of the reference dataset")
   parser.add_argument("--batch_size", type=int, default=32, help="Inception batch size")
+  parser.add_argument("--num_samples", type=int, default=1000,
+                      help="real images when SAMPLES is a TFDS 'dataset:split'")
+  parser.add_argument("--lowpass", type=int, default=1,
+                      help="low-pass samples and reference by this factor first (1: off)")
   return parser.parse_args(argv)
 
 
@@ -85,7 +92,18 @@ def evaluate(args: argparse.Namespace) -> dict:
   from rin_diffusion.evaluation import metrics, reference  # noqa: PLC0415
 
   start = time.time()
-  samples = load_samples(args.samples)
+  if args.lowpass < 1:
+    raise ValueError(f"--lowpass={args.lowpass}: must be a positive integer (1: off).")
+  if args.samples.endswith(".npz") or ":" not in args.samples:
+    samples = load_samples(args.samples)
+  else:  # Real images: the floor of the scale.
+    if not args.image_size or args.num_samples < 2:
+      raise ValueError(f"samples {args.samples!r} (TFDS): needs --image_size and --num_samples "
+                       ">= 2.")
+    samples = reference.real_images(args.samples, image_size=args.image_size,
+                                    num_images=args.num_samples, data_dir=args.data_dir,
+                                    manual_dir=args.manual_dir)
+  samples = reference.low_pass(samples, args.lowpass)
   if args.batch_size <= 0:
     raise ValueError(f"--batch_size={args.batch_size}: must be a positive integer.")
   num_reference = len(samples) if args.num_reference is None else args.num_reference
@@ -95,7 +113,7 @@ def evaluate(args: argparse.Namespace) -> dict:
   ref = reference.reference_statistics(
       args.reference, image_size=image_size, num_images=num_reference, inception=inception,
       cache_dir=args.cache_dir, data_dir=args.data_dir, manual_dir=args.manual_dir,
-      batch_size=args.batch_size)
+      batch_size=args.batch_size, lowpass=args.lowpass)
   features = inception.compute(samples, batch_size=args.batch_size)
   result = {
       "fid": metrics.frechet_distance_to_features(features["pool3"], ref["mu"], ref["sigma"]),
