@@ -236,6 +236,44 @@ def _batch_constraint(x: jax.Array) -> jax.Array:
   return nn.with_logical_constraint(x, ("batch",) + (None,) * (x.ndim - 1))
 
 
+def check_inputs(network: str, x: jax.Array, gamma: jax.Array, class_onehot: jax.Array | None,
+                 extra_gammas: jax.Array | None, *, image_size: int, in_channels: int,
+                 num_classes: int, num_extra_tokens: int
+                 ) -> tuple[jax.Array, jax.Array | None]:
+  """The denoiser call contract's input checks, shared by the RIN and the U-Net.
+
+  Raises naming `network` and the expected shape; returns gamma as (B,) float32 and the class
+  one-hot (all zeros, unconditional, when None and num_classes > 0; None when num_classes = 0).
+  """
+  chex.assert_rank(x, 4, custom_message=f"{network} input x: expected (B, H, W, C)")
+  chex.assert_type(x, float, custom_message=f"{network} input x: expected float images (data "
+                   "scaled to [-1, 1], noised and normalised), not raw integer pixels")
+  chex.assert_rank(gamma, {0, 1}, custom_message=f"{network} gamma: expected a scalar or (B,)")
+  batch = x.shape[0]
+  want = (batch, image_size, image_size, in_channels)
+  if x.shape != want:
+    raise ValueError(f"{network} input x has shape {x.shape}, expected {want} "
+                     "(image_size, image_size, channels + extra_in_channels).")
+  gamma = jnp.asarray(gamma, jnp.float32)
+  if gamma.ndim == 0:
+    gamma = jnp.broadcast_to(gamma, (batch,))
+  if gamma.shape != (batch,):
+    raise ValueError(f"{network} gamma has shape {gamma.shape}, expected ({batch},).")
+  if num_extra_tokens > 0 and (
+      extra_gammas is None or extra_gammas.shape != (batch, num_extra_tokens)):
+    got = None if extra_gammas is None else extra_gammas.shape
+    raise ValueError(f"{network} extra_gammas has shape {got}, expected ({batch}, "
+                     f"{num_extra_tokens}) for config.model.num_extra_tokens={num_extra_tokens}.")
+  if num_classes <= 0:
+    return gamma, None
+  if class_onehot is None:  # Unconditional: the all-zeros one-hot.
+    class_onehot = jnp.zeros((batch, num_classes), jnp.float32)
+  if class_onehot.shape != (batch, num_classes):
+    raise ValueError(f"{network} class_onehot has shape {class_onehot.shape}, expected "
+                     f"({batch}, {num_classes}).")
+  return gamma, class_onehot
+
+
 class RIN(nn.Module):
   """Recurrent Interface Network denoiser; fields mirror `config.model` (see config_lib)."""
   image_size: int = 64
@@ -286,30 +324,14 @@ class RIN(nn.Module):
                hidden: jax.Array | None = None, extra_gammas: jax.Array | None = None, *,
                train: bool) -> tuple[jax.Array, jax.Array]:
     """x: (B, H, W, channels + extra_in_channels), gamma: (B,) -> (pred, latents)."""
-    chex.assert_rank(x, 4, custom_message="RIN input x: expected (B, H, W, C)")
-    chex.assert_type(x, float, custom_message="RIN input x: expected float images (data scaled "
-                     "to [-1, 1], noised and normalised), not raw integer pixels")
-    chex.assert_rank(gamma, {0, 1}, custom_message="RIN gamma: expected a scalar or (B,)")
     self.check()
+    gamma, class_onehot = check_inputs(
+        "RIN", x, gamma, class_onehot, extra_gammas, image_size=self.image_size,
+        in_channels=self.channels + self.extra_in_channels, num_classes=self.num_classes,
+        num_extra_tokens=self.num_extra_tokens)
     dtype = DTYPES[self.dtype]
     p, d, big_d = self.patch_size, self.tape_dim, self.latent_dim
     batch = x.shape[0]
-    in_channels = self.channels + self.extra_in_channels
-    want = (batch, self.image_size, self.image_size, in_channels)
-    if x.shape != want:
-      raise ValueError(f"RIN input x has shape {x.shape}, expected {want} "
-                       "(image_size, image_size, channels + extra_in_channels).")
-    gamma = jnp.asarray(gamma, jnp.float32)
-    if gamma.ndim == 0:
-      gamma = jnp.broadcast_to(gamma, (batch,))
-    if gamma.shape != (batch,):
-      raise ValueError(f"RIN gamma has shape {gamma.shape}, expected ({batch},).")
-    if self.num_extra_tokens > 0 and (
-        extra_gammas is None or extra_gammas.shape != (batch, self.num_extra_tokens)):
-      got = None if extra_gammas is None else extra_gammas.shape
-      raise ValueError(f"RIN extra_gammas has shape {got}, expected ({batch}, "
-                       f"{self.num_extra_tokens}) for config.model.num_extra_tokens="
-                       f"{self.num_extra_tokens}.")
     hidden_shape = (batch, self.total_latents, big_d)
     if hidden is None:
       hidden = jnp.zeros(hidden_shape, jnp.float32)
@@ -341,11 +363,6 @@ class RIN(nn.Module):
     time_emb = ScalarEmbedding(big_d // 4, self.time_scaling, dtype=dtype, name="time_emb")
     parts.append(time_emb(gamma)[:, None].astype(dtype))
     if self.num_classes > 0:
-      if class_onehot is None:  # Unconditional: the all-zeros one-hot.
-        class_onehot = jnp.zeros((batch, self.num_classes), jnp.float32)
-      if class_onehot.shape != (batch, self.num_classes):
-        raise ValueError(f"RIN class_onehot has shape {class_onehot.shape}, expected "
-                         f"({batch}, {self.num_classes}).")
       class_proj = _dense(big_d, ("vocab", "embed"), "class_proj", dtype)
       parts.append(class_proj(class_onehot.astype(dtype))[:, None].astype(dtype))
     for k in range(self.num_extra_tokens):

@@ -59,13 +59,12 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rin_diffusion.model import DTYPES, sinusoid_encoding
+from rin_diffusion.model import DTYPES, check_inputs, sinusoid_encoding
 
 GN_EPSILON = 1e-5
 STYLES = ("ddpm", "sr3")
@@ -232,28 +231,12 @@ class UNet(nn.Module):
                hidden: Any = None, extra_gammas: jax.Array | None = None, *,
                train: bool) -> tuple[jax.Array, Any]:
     """x: (B, H, W, channels + extra_in_channels), gamma: () or (B,) -> (pred, hidden)."""
-    chex.assert_rank(x, 4, custom_message="UNet input x: expected (B, H, W, C)")
-    chex.assert_type(x, float, custom_message="UNet input x: expected float images (data scaled "
-                     "to [-1, 1], noised and normalised), not raw integer pixels")
-    chex.assert_rank(gamma, {0, 1}, custom_message="UNet gamma: expected a scalar or (B,)")
     self.check()
+    gamma, class_onehot = check_inputs(
+        "UNet", x, gamma, class_onehot, extra_gammas, image_size=self.image_size,
+        in_channels=self.channels + self.extra_in_channels, num_classes=self.num_classes,
+        num_extra_tokens=self.num_extra_tokens)
     dtype = DTYPES[self.dtype]
-    batch = x.shape[0]
-    want = (batch, self.image_size, self.image_size, self.channels + self.extra_in_channels)
-    if x.shape != want:
-      raise ValueError(f"UNet input x has shape {x.shape}, expected {want} "
-                       "(image_size, image_size, channels + extra_in_channels).")
-    gamma = jnp.asarray(gamma, jnp.float32)
-    if gamma.ndim == 0:
-      gamma = jnp.broadcast_to(gamma, (batch,))
-    if gamma.shape != (batch,):
-      raise ValueError(f"UNet gamma has shape {gamma.shape}, expected ({batch},).")
-    if self.num_extra_tokens > 0 and (
-        extra_gammas is None or extra_gammas.shape != (batch, self.num_extra_tokens)):
-      got = None if extra_gammas is None else extra_gammas.shape
-      raise ValueError(f"UNet extra_gammas has shape {got}, expected ({batch}, "
-                       f"{self.num_extra_tokens}) for config.model.num_extra_tokens="
-                       f"{self.num_extra_tokens}.")
 
     # Conditioning vector emb (B, 4C): noise level + class + augmentation levels.
     width, emb_dim = self.base_channels, 4 * self.base_channels
@@ -264,11 +247,6 @@ class UNet(nn.Module):
 
     emb = scalar_mlp("noise_mlp")(gamma)
     if self.num_classes > 0:
-      if class_onehot is None:  # Unconditional: the all-zeros one-hot.
-        class_onehot = jnp.zeros((batch, self.num_classes), jnp.float32)
-      if class_onehot.shape != (batch, self.num_classes):
-        raise ValueError(f"UNet class_onehot has shape {class_onehot.shape}, expected "
-                         f"({batch}, {self.num_classes}).")
       emb = emb + nn.Dense(
           emb_dim, use_bias=False, dtype=dtype, param_dtype=jnp.float32,
           kernel_init=_named(_CLASS_INIT, ("vocab", "embed")),
