@@ -311,7 +311,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 def _validate_discrete(config: ml_collections.ConfigDict) -> None:
   """diffusion.timesteps and learned variances against the schedule, network and sampler."""
-  from rin_diffusion import schedules  # noqa: PLC0415
+  from rin_diffusion import samplers, schedules  # noqa: PLC0415
 
   dcfg = config.diffusion
   timesteps = dcfg.timesteps
@@ -324,14 +324,13 @@ def _validate_discrete(config: ml_collections.ConfigDict) -> None:
   if not isinstance(dcfg.learned_variance, bool):
     raise ValueError(f"config.diffusion.learned_variance={dcfg.learned_variance!r}: must be True "
                      "or False.")
-  uses_learned = {f"config.sampling.{field}": config.sampling[field]
-                  for field in ("sampler", "fid_sampler")
-                  if config.sampling[field] == "ddpm_learned"}
   if not dcfg.learned_variance:
-    if uses_learned:
-      field, value = next(iter(uses_learned.items()))
-      raise ValueError(f"{field}={value!r} needs config.diffusion.learned_variance=True; allowed "
-                       "without it: 'ddpm', 'ddpm_small', 'ddim'.")
+    allowed = samplers.samplers_for(False)
+    for field in ("sampler", "fid_sampler"):
+      if config.sampling[field] not in allowed:
+        raise ValueError(f"config.sampling.{field}={config.sampling[field]!r} needs "
+                         "config.diffusion.learned_variance=True; allowed without it: "
+                         f"{', '.join(map(repr, allowed))}.")
     return
   table_timesteps = (len(schedules.alpha_bar_table(dcfg.train_schedule)) - 1
                      if schedules.is_table(dcfg.train_schedule) else None)

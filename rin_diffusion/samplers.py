@@ -63,6 +63,11 @@ SAMPLERS = ("ddpm", "ddpm_small", "ddim", "ddpm_learned")
 _MIN_VARIANCE = 1e-20
 
 
+def samplers_for(learned_variance: bool) -> tuple[str, ...]:
+  """The samplers a model can use: 'ddpm_learned' needs its learned-variance channels."""
+  return SAMPLERS if learned_variance else tuple(s for s in SAMPLERS if s != "ddpm_learned")
+
+
 class SampleOutput(NamedTuple):
   x0: jax.Array  # The last step's x0-hat in unscaled units (x0'-hat / b).
   x_t: jax.Array  # The final sampler state, at t_end.

@@ -129,8 +129,7 @@ def load_stages(pipeline: ml_collections.ConfigDict) -> list[Stage]:
     sampler = entry.get("sampler") or sampling.sampler
     steps = int(entry.get("steps") or sampling.steps)
     guidance = float(sampling.guidance if entry.get("guidance") is None else entry["guidance"])
-    allowed = samplers.SAMPLERS if config.diffusion.learned_variance else tuple(
-        name for name in samplers.SAMPLERS if name != "ddpm_learned")
+    allowed = samplers.samplers_for(config.diffusion.learned_variance)
     if sampler not in allowed:
       raise _bad(f"{where}.sampler", f"{sampler!r}; allowed for this stage: "
                  f"{', '.join(map(repr, allowed))}")
