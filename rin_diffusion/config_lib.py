@@ -90,7 +90,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.tape_conv = False  # Residual depthwise 3x3 conv on the interface per block (not RIN's).
   c.model.time_scaling = 1000.0
   c.model.dtype = "float32"  # Activation dtype: 'float32' or 'bfloat16'.
+  # Rematerialisation: recompute each block in the backward pass instead of keeping its
+  # activations (RIN: latent layers, read and write units; U-Net: res and attention blocks).
+  # remat_policy: what a block still keeps, 'full' (only its inputs), 'dots' (matmul outputs) or
+  # 'dots_no_batch' (weight matmuls, not attention's); it changes memory and speed, not results.
   c.model.remat = False
+  c.model.remat_policy = "full"
 
   # The U-Net denoiser (rin_diffusion/unet.py; Improved DDPM / SR3 style), used when
   # model.architecture = 'unet'. Its output has 2 x channels with diffusion.learned_variance.

@@ -29,6 +29,15 @@ import numpy as np
 LN_EPSILON = 1e-6
 TAPE_POS_OPTIONS = ("learned", "sincos")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# What a rematerialised block keeps for the backward pass (config.model.remat_policy): 'full' keeps
+# only its inputs and recomputes the whole block; 'dots' keeps every matmul output and recomputes
+# the cheap elementwise work (norms, GELU, softmax); 'dots_no_batch' keeps the weight matmuls but
+# recomputes attention's score and weighted-sum products, whose size grows with tokens squared.
+REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
 
 _KERNEL_INIT = nn.initializers.xavier_uniform()  # Keras' default glorot_uniform.
 _ZEROS = nn.initializers.zeros_init()
@@ -38,6 +47,14 @@ _POS_EMB_INIT = nn.initializers.truncated_normal(0.02)  # Truncated at 2 std, li
 
 def _named(init, names: tuple[str | None, ...]):
   return nn.with_logical_partitioning(init, names)
+
+
+def maybe_remat(module_cls: type[nn.Module], remat: bool, policy: str,
+                static_argnums: tuple[int, ...] = ()) -> type[nn.Module]:
+  """`module_cls`, rematerialised with REMAT_POLICIES[policy] when `remat` (same parameters)."""
+  if not remat:
+    return module_cls
+  return nn.remat(module_cls, static_argnums=static_argnums, policy=REMAT_POLICIES[policy])
 
 
 def _layer_norm(name: str, dtype: Any, scale_init=_ONES) -> nn.LayerNorm:
@@ -301,7 +318,10 @@ class RIN(nn.Module):
   tape_conv: bool = False
   time_scaling: float = 1000.0
   dtype: str = "float32"
+  # Recompute each latent layer and each read and write unit in the backward pass instead of
+  # keeping their activations; remat_policy says what is kept (REMAT_POLICIES).
   remat: bool = False
+  remat_policy: str = "full"
 
   @property
   def num_learned_latents(self) -> int:
@@ -376,7 +396,8 @@ class RIN(nn.Module):
         hidden.astype(dtype), deterministic=True)
     latents = latents + _layer_norm("self_cond_ln", dtype, scale_init=_ZEROS)(prev)
 
-    layer_cls = nn.remat(LatentLayer, static_argnums=(2,)) if self.remat else LatentLayer
+    layer_cls = maybe_remat(LatentLayer, self.remat, self.remat_policy, static_argnums=(2,))
+    unit_cls = maybe_remat(CrossAttentionUnit, self.remat, self.remat_policy)
     inner = min(d, big_d)
     for i, num_layers in enumerate(self.blocks):
       latents = _batch_constraint(latents)
@@ -389,7 +410,7 @@ class RIN(nn.Module):
             kernel_init=_named(_KERNEL_INIT, (None, None, None, "embed")),
             bias_init=_named(_ZEROS, ("embed",)), name=f"block_{i}_tape_conv")(grid)
         iface = iface + local.reshape(batch, n_side * n_side, d)
-      latents = CrossAttentionUnit(self.rw_heads, inner, self.latent_mlp_ratio, self.xattn_kv_ln,
+      latents = unit_cls(self.rw_heads, inner, self.latent_mlp_ratio, self.xattn_kv_ln,
                                    dtype, name=f"block_{i}_read")(latents, iface)
       if num_layers == 0:  # pix2seq: a read-only block (compute and write are identity).
         continue
@@ -397,7 +418,7 @@ class RIN(nn.Module):
         latents = layer_cls(self.latent_heads, self.latent_mlp_ratio, self.drop_path,
                             self.drop_units, self.drop_att, dtype,
                             name=f"block_{i}_layer_{j}")(latents, deterministic)
-      iface = CrossAttentionUnit(self.rw_heads, inner, self.tape_mlp_ratio, self.xattn_kv_ln,
+      iface = unit_cls(self.rw_heads, inner, self.tape_mlp_ratio, self.xattn_kv_ln,
                                  dtype, name=f"block_{i}_write")(iface, latents)
 
     out = _layer_norm("out_ln", dtype)(iface)
@@ -456,11 +477,20 @@ def _check_fields(f: Mapping[str, Any]) -> None:
     bad("tape_pos", f"is not one of {TAPE_POS_OPTIONS}")
   if f["dtype"] not in DTYPES:
     bad("dtype", f"is not one of {tuple(DTYPES)}")
+  check_remat(f, bad)
   if not isinstance(f["time_scaling"], (int, float)) or f["time_scaling"] <= 0:
     bad("time_scaling", "must be positive")
   if (not isinstance(f["latent_pos_init_std"], (int, float))
       or isinstance(f["latent_pos_init_std"], bool) or not f["latent_pos_init_std"] > 0):
     bad("latent_pos_init_std", "must be a positive number (the reference uses 0.02)")
+
+
+def check_remat(f: Mapping[str, Any], bad: Any) -> None:
+  """remat and remat_policy (shared by the RIN and the U-Net); bad(field, why) raises."""
+  if not isinstance(f["remat"], bool):
+    bad("remat", "must be True or False")
+  if f["remat_policy"] not in REMAT_POLICIES:
+    bad("remat_policy", f"is not one of {tuple(REMAT_POLICIES)}")
 
 
 def _model_fields(model_config: Mapping[str, Any]) -> dict[str, Any]:

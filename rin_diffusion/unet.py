@@ -64,7 +64,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rin_diffusion.model import DTYPES, check_inputs, sinusoid_encoding
+from rin_diffusion.model import DTYPES, check_inputs, check_remat, maybe_remat, sinusoid_encoding
 
 GN_EPSILON = 1e-5
 STYLES = ("ddpm", "sr3")
@@ -74,7 +74,7 @@ LOGSNR_GAMMA_MAX = 1.0 - 1e-7
 LOGSNR_LIMIT = 20.0
 # Fields read from config.model (shared with the RIN); every other UNet field is config.unet's.
 MODEL_FIELDS = ("image_size", "channels", "extra_in_channels", "num_extra_tokens", "num_classes",
-                "dtype", "remat")
+                "dtype", "remat", "remat_policy")
 
 _KERNEL_INIT = nn.initializers.xavier_uniform()
 _ZEROS = nn.initializers.zeros_init()
@@ -214,6 +214,7 @@ class UNet(nn.Module):
   # Recompute every ResBlock's and attention block's activations in the backward pass instead of
   # storing them (jax.checkpoint): less memory for the 64-256 stages at large batch, ~1/3 more FLOPs.
   remat: bool = False
+  remat_policy: str = "full"  # What a rematerialised block keeps: model.REMAT_POLICIES.
 
   @property
   def out_channels(self) -> int:
@@ -254,8 +255,8 @@ class UNet(nn.Module):
     for k in range(self.num_extra_tokens):
       emb = emb + scalar_mlp(f"extra_mlp_{k}")(extra_gammas[:, k])
 
-    res_cls = nn.remat(ResBlock, static_argnums=(3,)) if self.remat else ResBlock  # 3: train.
-    attention_cls = nn.remat(AttentionBlock) if self.remat else AttentionBlock
+    res_cls = maybe_remat(ResBlock, self.remat, self.remat_policy, static_argnums=(3,))  # train.
+    attention_cls = maybe_remat(AttentionBlock, self.remat, self.remat_policy)
 
     def res_block(out, name, resample="none"):
       return res_cls(out, self.norm_groups, self.style, self.dropout, resample, dtype, name=name)
@@ -346,8 +347,7 @@ def _check_fields(f: Mapping[str, Any]) -> None:
     bad("style", f"is not one of {STYLES}")
   if f["noise_embedding"] not in NOISE_EMBEDDINGS:
     bad("noise_embedding", f"is not one of {NOISE_EMBEDDINGS}")
-  if not isinstance(f["remat"], bool):
-    bad("remat", "must be True or False")
+  check_remat(f, bad)
   if not isinstance(f["learned_variance"], bool):
     bad("learned_variance", "must be True or False")
   if f["dtype"] not in DTYPES:

@@ -312,13 +312,15 @@ def test_bfloat16_activations_keep_float32_params(small):
   assert np.abs(pred - ref).max() < 0.1 * np.abs(ref).max()
 
 
-def test_remat_matches_plain(small):
+@pytest.mark.parametrize("policy", ["full", "dots_no_batch"])
+def test_remat_matches_plain(small, policy):
   _, params, args = small
   # One block keeps the two gradient compilations short; its parameters are the fixture's minus
   # block 1 (blocks are not shared, so nothing else changes).
   params = {k: v for k, v in params.items() if not k.startswith("block_1_")}
   net = model_lib.rin_from_config(small_config(drop_path=0.2, blocks=(1,)))
-  remat_net = model_lib.rin_from_config(small_config(drop_path=0.2, blocks=(1,), remat=True))
+  remat_net = model_lib.rin_from_config(
+      small_config(drop_path=0.2, blocks=(1,), remat=True, remat_policy=policy))
   remat_abstract = jax.eval_shape(lambda k: remat_net.init(k, **args, train=False), init_key())
   assert (jax.tree_util.tree_structure(nn.meta.unbox(remat_abstract)["params"])
           == jax.tree_util.tree_structure(params))  # Same parameter names with and without remat.
@@ -333,6 +335,36 @@ def test_remat_matches_plain(small):
   scale = max(float(np.abs(g).max()) for g in jax.tree_util.tree_leaves(g0))
   jax.tree_util.tree_map(
       lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4 * scale), g0, g1)
+
+
+def test_remat_policies_recompute():
+  """Each policy recomputes more than the last: 'dots' the elementwise work, 'dots_no_batch' also
+  attention's products, 'full' everything (XLA's FLOP count of the gradient; the memory they save
+  is the TPU compiler's to show, tests/test_plan.py, XLA:CPU does not free it)."""
+  cfg = small_config(image_size=32, patch_size=2, tape_dim=64, latent_slots=16, latent_dim=64,
+                     blocks=(2,))
+  args = inputs(cfg, batch=16)
+  abstract = jax.eval_shape(
+      lambda k: model_lib.rin_from_config(cfg).init(k, **args, train=False), init_key())
+  params = nn.meta.unbox(abstract)["params"]
+
+  def gradient_flops(**overrides):
+    net = model_lib.rin_from_config(small_config(**{**cfg, **overrides}))
+    grad = jax.grad(lambda p: jnp.sum(net.apply({"params": p}, **args, train=True)[0] ** 2))
+    cost = jax.jit(grad).lower(params).compile().cost_analysis()
+    return (cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"]
+
+  plain = gradient_flops()
+  dots = gradient_flops(remat=True, remat_policy="dots")
+  dots_no_batch = gradient_flops(remat=True, remat_policy="dots_no_batch")
+  full = gradient_flops(remat=True, remat_policy="full")
+  assert plain < dots < dots_no_batch < full, (plain, dots, dots_no_batch, full)
+  assert full > 1.2 * plain  # The forward pass of every block runs twice.
+
+
+def test_remat_policy_is_validated():
+  with pytest.raises(ValueError, match=r"config.model.remat_policy='some' is not one of \('full'"):
+    model_lib.rin_from_config(small_config(remat=True, remat_policy="some"))
 
 
 @pytest.mark.parametrize("overrides, message", [

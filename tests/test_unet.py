@@ -14,7 +14,7 @@ from rin_diffusion import unet as unet_lib
 
 BATCH = 2
 MODEL_KEYS = ("image_size", "channels", "extra_in_channels", "num_extra_tokens", "num_classes",
-              "dtype", "remat")
+              "dtype", "remat", "remat_policy")
 
 # Tiny configs (model fields, unet fields). DDPM: every conditioning input, attention at 4x4 and
 # in the middle, 2 heads, learned variance, dropout (inactive unless train=True). SR3: BigGAN
@@ -62,7 +62,7 @@ def split(fields):
 def build(fields, **overrides):
   model, unet = split({**fields, **overrides})
   defaults = dict(image_size=32, channels=3, extra_in_channels=0, num_extra_tokens=0,
-                  num_classes=1000, dtype="float32", remat=False)
+                  num_classes=1000, dtype="float32", remat=False, remat_policy="full")
   return unet_lib.unet_from_config({**defaults, **model}, unet)
 
 
