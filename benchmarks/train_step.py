@@ -1,30 +1,149 @@
 """Train-step throughput of a config, with the self-conditioning cost as the in-script baseline.
 
 Prints one JSON line: median step time and images/s of the full recipe (two passes, rate 0.9), of
-the same step with self-conditioning off (one pass), and their ratio; compile time apart.
+the same step with self-conditioning off (one pass), and their ratio; compile time apart. Also the
+model FLOPs per image counted two ways (XLA's cost analysis of the compiled step; the analytic
+matmul count of rin_diffusion.flops), the achieved FLOP/s and its fraction of the matmul peak
+measured first in this same process (benchmarks/matmul_peak.py), and peak memory. The config and
+its overrides are given as to `python -m rin_diffusion.main`:
 
   python benchmarks/train_step.py --config=configs/fashion_mnist.py --steps=20
-  python benchmarks/train_step.py --config=configs/imagenet64.py:runlocal --batch_size=8
+  python benchmarks/train_step.py --config=configs/imagenet64.py:runlocal --config.batch_size=8
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
+import resource
 import statistics
+import sys
 import time
+from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import ml_collections  # noqa: E402
+from absl import app, flags  # noqa: E402
+from matmul_peak import measure_matmul_peak  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
 
-from rin_diffusion import paper_configs, sharding, train  # noqa: E402
+from rin_diffusion import config_lib, flops, sharding, train  # noqa: E402
+
+MIN_TIMED = 10  # Every reported time is the median of at least this many timed runs.
 
 
-def time_steps(config, steps: int) -> dict[str, float]:
+def define_flags() -> None:
+  """--config (with --config.a.b=value overrides, as rin_diffusion.main) and --batch_size.
+
+  A function, not module-level definitions, so that other benchmarks can import this module.
+  """
+  config_flags.DEFINE_config_file("config", "configs/fashion_mnist.py",
+                                  "Config file (path[:arg]); override fields with --config.a.b=v.",
+                                  lock_config=True)
+  flags.DEFINE_integer("batch_size", 0, "Shorthand for --config.batch_size (0: the config's).")
+
+
+def load_config() -> ml_collections.ConfigDict:
+  """The parsed --config with its overrides and --batch_size, validated like the trainer's."""
+  config = flags.FLAGS.config
+  if flags.FLAGS.batch_size:
+    config.batch_size = flags.FLAGS.batch_size
+  config_lib.validate(config)
+  return config
+
+
+def config_spec(argv: list[str]) -> dict[str, Any]:
+  """What was benchmarked: the --config argument and the overrides given on the command line."""
+  spec = "configs/fashion_mnist.py"
+  for i, arg in enumerate(argv):
+    if arg.startswith(("--config=", "-config=")):
+      spec = arg.split("=", 1)[1]
+    elif arg in ("--config", "-config") and i + 1 < len(argv):
+      spec = argv[i + 1]
+  overrides = [arg.lstrip("-") for arg in argv
+               if arg.startswith(("--config.", "-config.")) or arg.startswith("--batch_size=")]
+  return {"config": spec, "overrides": overrides}
+
+
+def xla_flops(compiled) -> float:
+  """XLA's FLOP count of a compiled program (a loop body may count once: xla_counts_loop_trips)."""
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost  # A list in older jax versions.
+  return float((cost or {}).get("flops", float("nan")))
+
+
+def xla_counts_loop_trips() -> bool:
+  """Whether this XLA's cost analysis multiplies a loop body by its trip count (probed on a scan
+  of 8x8 matmuls: older versions count the body once)."""
+  x = jnp.ones((8, 8), jnp.float32)
+
+  def loop_flops(length: int) -> float:
+    scan = lambda x: jax.lax.scan(lambda c, _: (c @ c, None), x, None, length=length)[0]  # noqa: E731
+    return xla_flops(jax.jit(scan).lower(x).compile())
+
+  return loop_flops(4) > 1.5 * loop_flops(2)
+
+
+def xla_memory(compiled) -> dict[str, int | None]:
+  """XLA's static memory plan of a compiled program, in bytes (None where the backend has none)."""
+  try:
+    memory = compiled.memory_analysis()
+  except (NotImplementedError, RuntimeError, jax.errors.JaxRuntimeError):
+    memory = None
+  if memory is None:
+    return {"xla_temp_bytes": None, "xla_argument_bytes": None, "xla_temp_plus_argument_bytes": None}
+  temp, argument = int(memory.temp_size_in_bytes), int(memory.argument_size_in_bytes)
+  return {"xla_temp_bytes": temp, "xla_argument_bytes": argument,
+          "xla_temp_plus_argument_bytes": temp + argument}
+
+
+def process_memory() -> dict[str, int | None]:
+  """Peak resident set of this process and, on accelerators, the largest device's peak use."""
+  rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+  rss *= 1 if sys.platform == "darwin" else 1024  # Bytes on macOS, KiB on Linux.
+  device_peaks = [(d.memory_stats() or {}).get("peak_bytes_in_use") for d in jax.local_devices()]
+  device_peaks = [p for p in device_peaks if p is not None]
+  return {"peak_rss_bytes": int(rss), "device_peak_bytes": max(device_peaks, default=None)}
+
+
+def analytic_or_none(count_fn, config: ml_collections.ConfigDict) -> float | None:
+  """rin_diffusion.flops' count, or None for a U-Net (which it does not cover)."""
+  try:
+    return float(count_fn(config))
+  except NotImplementedError:
+    return None
+
+
+def throughput_fields(flops_per_image: dict[str, float | None], images_per_s: float,
+                      peak: dict[str, Any]) -> dict[str, Any]:
+  """Achieved FLOP/s (analytic count if there is one, else XLA's) and its fraction of the peak.
+
+  The peak is one device's matmul peak times the device count: the step runs on every device.
+  """
+  source = "analytic" if flops_per_image["analytic"] is not None else "xla"
+  achieved = flops_per_image[source] * images_per_s
+  total_peak = peak["flops_per_s"] * jax.device_count()
+  return {
+      "achieved_flops_per_s": sig(achieved),
+      "achieved_flops_source": source,
+      "matmul_peak_flops_per_s": sig(peak["flops_per_s"]),
+      "matmul_peak_size": peak["size"],
+      "matmul_peak_dtype": peak["dtype"],
+      "peak_fraction": round(achieved / total_peak, 4),
+  }
+
+
+def sig(value: float | None, digits: int = 4) -> float | None:
+  """`value` to `digits` significant digits (FLOP counts span 1e6 to 1e15)."""
+  return None if value is None else float(f"{value:.{digits}g}")
+
+
+def time_steps(config, steps: int, warmup: int = 1) -> dict[str, Any]:
   """Median train-step time of `config` (a super-resolution stage gets its low-res inputs)."""
   mesh = sharding.make_mesh(config.mesh)
   model, tx, init_fn, _, state_shardings = train.build(config, mesh)
@@ -48,10 +167,14 @@ def time_steps(config, steps: int) -> dict[str, float]:
   start = time.perf_counter()
   step_fn = step_fn.lower(state, batch).compile()
   compile_s = time.perf_counter() - start
-  cost = step_fn.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost  # A list in older jax versions.
-  state, metrics = step_fn(state, batch)  # Warm-up.
-  jax.block_until_ready(metrics)
+  # Gradient accumulation runs the network in a jax.lax.map, whose body XLA may count once.
+  accum = int(config.grad_accum_steps)
+  accum = 1 if accum == 1 or xla_counts_loop_trips() else accum
+  flops_per_image = xla_flops(step_fn) * accum / config.batch_size
+  memory = xla_memory(step_fn)
+  for _ in range(warmup):
+    state, metrics = step_fn(state, batch)
+    jax.block_until_ready(metrics)
   times = []
   for _ in range(steps):
     start = time.perf_counter()
@@ -60,38 +183,67 @@ def time_steps(config, steps: int) -> dict[str, float]:
     times.append(time.perf_counter() - start)
   median = statistics.median(times)
   return {"compile_s": compile_s, "step_ms": 1000 * median,
-          "images_per_s": config.batch_size / median,
+          "images_per_s": config.batch_size / median, "timed_steps": len(times),
           "params": sum(x.size for x in jax.tree.leaves(state["params"])),
-          "gflops_per_image": (cost or {}).get("flops", float("nan")) / config.batch_size / 1e9}
+          "xla_flops_per_image": flops_per_image, "xla_flops_grad_accum_factor": accum,
+          "gflops_per_image": flops_per_image / 1e9, **memory}
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--config", default="configs/fashion_mnist.py")
-  parser.add_argument("--steps", type=int, default=20)
-  parser.add_argument("--batch_size", type=int, default=0)
-  args = parser.parse_args()
-  config = paper_configs.load_config(args.config)
-  if args.batch_size:
-    config.batch_size = args.batch_size
-  recipe = time_steps(config, args.steps)
-  baseline_config = config.copy_and_resolve_references()
-  baseline_config.diffusion.self_cond_rate = 0.0
-  baseline = time_steps(baseline_config, args.steps)
+def environment() -> dict[str, Any]:
+  return {"devices": jax.device_count(), "backend": jax.default_backend(),
+          "device_kind": jax.devices()[0].device_kind,
+          "machine": platform.processor() or platform.machine(), "jax": jax.__version__}
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  steps = flags.FLAGS.steps
+  if steps < MIN_TIMED:
+    raise app.UsageError(f"--steps={steps}: the median needs at least {MIN_TIMED} timed steps.")
+  config = load_config()
+  # Measured first, while nothing else of this process holds the cores or the device.
+  peak = measure_matmul_peak(jnp.dtype(config.model.dtype))
+  recipe = time_steps(config, steps, flags.FLAGS.warmup)
+  baseline = None
+  if float(config.diffusion.self_cond_rate) > 0:  # Else (a U-Net) the recipe is the baseline.
+    baseline_config = config.copy_and_resolve_references()
+    baseline_config.diffusion.self_cond_rate = 0.0
+    baseline = time_steps(baseline_config, steps, flags.FLAGS.warmup)
+  analytic = analytic_or_none(flops.train_flops_per_image, config)
+  xla = recipe["xla_flops_per_image"]
   print(json.dumps({
       "benchmark": "train_step",
-      "config": args.config,
+      **config_spec(sys.argv),
+      "architecture": config.model.architecture,
       "batch_size": config.batch_size,
-      "devices": jax.device_count(),
-      "backend": jax.default_backend(),
-      "machine": platform.processor() or platform.machine(),
+      "grad_accum_steps": int(config.grad_accum_steps),
+      "model_dtype": config.model.dtype,
+      **environment(),
+      "params": recipe["params"],
+      "timed_steps": recipe["timed_steps"],
       "recipe_step_ms": round(recipe["step_ms"], 2),
       "recipe_images_per_s": round(recipe["images_per_s"], 2),
-      "no_self_cond_step_ms": round(baseline["step_ms"], 2),
-      "self_cond_cost_ratio": round(recipe["step_ms"] / baseline["step_ms"], 3),
+      "images_per_s": round(recipe["images_per_s"], 2),
+      "no_self_cond_step_ms": round(baseline["step_ms"], 2) if baseline else None,
+      "no_self_cond_images_per_s": round(baseline["images_per_s"], 2) if baseline else None,
+      "self_cond_cost_ratio": (round(recipe["step_ms"] / baseline["step_ms"], 3)
+                               if baseline else None),
       "compile_s": round(recipe["compile_s"], 2),
+      "xla_flops_per_image": sig(xla),
+      "xla_flops_grad_accum_factor": recipe["xla_flops_grad_accum_factor"],
+      "analytic_flops_per_image": sig(analytic),
+      "xla_over_analytic": round(xla / analytic, 4) if analytic else None,
+      **throughput_fields({"analytic": analytic, "xla": xla}, recipe["images_per_s"], peak),
+      "xla_temp_bytes": recipe["xla_temp_bytes"],
+      "xla_argument_bytes": recipe["xla_argument_bytes"],
+      "xla_temp_plus_argument_bytes": recipe["xla_temp_plus_argument_bytes"],
+      **process_memory(),
   }))
 
 
 if __name__ == "__main__":
-  main()
+  define_flags()
+  flags.DEFINE_integer("steps", MIN_TIMED, f"Timed steps per variant (at least {MIN_TIMED}).")
+  flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation, per variant.")
+  app.run(main)
