@@ -116,6 +116,26 @@ def test_tpu_plan():
   assert result["step_s_at_bf16_peak"] == result["flops_per_step_analytic"] / (4 * 197e12)
 
 
+def test_temporaries_from_the_compilers_out_of_memory_message():
+  message = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
+             "temporaries (19.07G) exceeds available HBM (15.75G).")
+  assert plan_lib._temporaries_from_message(message) == int(19.07 * 2 ** 30)
+  assert plan_lib._temporaries_from_message("RESOURCE_EXHAUSTED: something else") is None
+
+
+@pytest.mark.skipif(not HAS_LIBTPU, reason="libtpu is not installed (pip install 'jax[tpu]')")
+def test_tpu_plan_that_does_not_fit():
+  config = _tiny()
+  config.model.patch_size = 2
+  config.batch_size = 4 * 2 ** 16
+  result = plan_lib.plan(config, plan_lib.parse_topology("v5e-4"))
+  assert result["fits"] is False and "ran out of HBM" in result["note"]
+  assert result["bytes_per_device"]["temp"] > 16 * 2 ** 30
+  assert result["bytes_per_device"]["peak"] > result["bytes_per_device"]["temp"]
+  assert result["flops_per_step_xla"] is None and result["flops_per_step_analytic"] > 0
+  assert "DOES NOT FIT" in plan_lib.format_table(result)
+
+
 @pytest.mark.skipif(not HAS_LIBTPU, reason="libtpu is not installed (pip install 'jax[tpu]')")
 def test_remat_saves_tpu_memory():
   """On the TPU compiler full remat keeps a fraction of the temporaries (XLA:CPU shows no saving,

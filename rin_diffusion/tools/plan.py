@@ -29,6 +29,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import sys
 import time
 from typing import Any
@@ -204,14 +205,16 @@ def plan(config: ml_collections.ConfigDict, topology: Slice) -> dict[str, Any]:
                  out_shardings=(state_shardings, NamedSharding(mesh, jax.sharding.PartitionSpec())),
                  donate_argnums=0)
   start = time.perf_counter()
-  compiled = step.lower(abstract_state, batch).compile()
+  lowered = step.lower(abstract_state, batch)
+  out_of_memory = ""
+  try:
+    compiled = lowered.compile()
+  except jax.errors.JaxRuntimeError as error:
+    # The TPU compiler refuses a program that cannot fit: that is the plan's answer, not a failure.
+    if "RESOURCE_EXHAUSTED" not in str(error):
+      raise
+    compiled, out_of_memory = None, str(error).strip().splitlines()[0]
   compile_s = time.perf_counter() - start
-
-  memory = compiled.memory_analysis()
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  # The partitioned program is one device's; a lax.map body (gradient accumulation) counts once.
-  xla_flops = float((cost or {}).get("flops", float("nan"))) * len(devices) * accum
   try:
     analytic_flops = flops.train_flops_per_image(config) * batch_size
   except NotImplementedError:
@@ -222,11 +225,23 @@ def plan(config: ml_collections.ConfigDict, topology: Slice) -> dict[str, Any]:
       "opt_state": _shard_bytes(abstract_state["opt_state"]),
       "batch": _shard_bytes(batch),
   }
-  # Donated state is both argument and output; counting it once is the live set at the peak.
-  peak = (memory.argument_size_in_bytes + memory.output_size_in_bytes
-          - memory.alias_size_in_bytes + memory.temp_size_in_bytes)
   generation = GENERATIONS.get(topology.generation)
   hbm = generation.hbm_gib * GIB if generation and backend == "tpu" else None
+  if compiled is not None:
+    memory = compiled.memory_analysis()
+    temp = int(memory.temp_size_in_bytes)
+    # Donated state is both argument and output; counting it once is the live set at the peak.
+    peak = (memory.argument_size_in_bytes + memory.output_size_in_bytes
+            - memory.alias_size_in_bytes + temp)
+    fits = None if hbm is None else bool(peak <= hbm)
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    # The partitioned program is one device's; a lax.map body (gradient accumulation) counts once.
+    xla_flops = float((cost or {}).get("flops", float("nan"))) * len(devices) * accum
+  else:
+    temp = _temporaries_from_message(out_of_memory)
+    peak = None if temp is None else sum(state_bytes.values()) + temp
+    fits, xla_flops = False, None
   result = {
       "tool": "plan",
       "topology": topology.label,
@@ -240,13 +255,10 @@ def plan(config: ml_collections.ConfigDict, topology: Slice) -> dict[str, Any]:
       "dtype": str(config.model.dtype),
       "remat": (str(config.model.remat_policy) if config.model.remat else "off"),
       "params": sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(abstract_state["params"])),
-      "bytes_per_device": {
-          **state_bytes,
-          "temp": int(memory.temp_size_in_bytes),
-          "peak": int(peak),
-      },
+      "bytes_per_device": {**state_bytes, "temp": temp,
+                           "peak": None if peak is None else int(peak)},
       "hbm_bytes": hbm,
-      "fits": None if hbm is None else bool(peak <= hbm),
+      "fits": fits,
       "flops_per_step_analytic": analytic_flops,
       "flops_per_step_xla": xla_flops,
       "compile_s": round(compile_s, 1),
@@ -254,11 +266,22 @@ def plan(config: ml_collections.ConfigDict, topology: Slice) -> dict[str, Any]:
   if generation is not None:
     peak_flops = generation.peak_bf16_tflops * 1e12 * len(devices)
     model_flops = analytic_flops if analytic_flops is not None else xla_flops
-    result["step_s_at_bf16_peak"] = model_flops / peak_flops
+    if model_flops is not None:
+      result["step_s_at_bf16_peak"] = model_flops / peak_flops
+  if out_of_memory:
+    result["note"] = f"the TPU compiler ran out of HBM: {out_of_memory}"
   if backend != "tpu" and topology.generation:
     result["note"] = ("libtpu is not installed: compiled for simulated CPU devices; temp and "
                       "peak are XLA:CPU's, not the TPU's (pip install 'jax[tpu]')")
   return result
+
+
+def _temporaries_from_message(message: str) -> int | None:
+  """Bytes of the 'HLO temporaries (19.07G)' that the TPU compiler reports when it runs out."""
+  found = re.search(r"HLO temporaries \(([\d.]+)([KMGT])\)", message)
+  if not found:
+    return None
+  return int(float(found.group(1)) * 1024 ** " KMGT".index(found.group(2)))
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -270,14 +293,16 @@ def format_table(result: dict[str, Any]) -> str:
               else "")),
           ("activations dtype, remat", f"{result['dtype']}, {result['remat']}"),
           ("parameters", f"{result['params'] / 1e6:.1f} M")]
-  rows += [(f"{name} / device", f"{per_device[name] / GIB:.3f} GiB")
+  rows += [(f"{name} / device", "unknown" if per_device[name] is None
+            else f"{per_device[name] / GIB:.3f} GiB")
            for name in ("params", "ema_params", "opt_state", "batch", "temp", "peak")]
   if result["hbm_bytes"] is not None:
     rows.append(("HBM / device", f"{result['hbm_bytes'] / GIB:.0f} GiB: "
                  + ("fits" if result["fits"] else "DOES NOT FIT")))
   if result["flops_per_step_analytic"] is not None:
     rows.append(("FLOPs / step (analytic)", f"{result['flops_per_step_analytic']:.4g}"))
-  rows.append(("FLOPs / step (XLA)", f"{result['flops_per_step_xla']:.4g}"))
+  if result["flops_per_step_xla"] is not None:
+    rows.append(("FLOPs / step (XLA)", f"{result['flops_per_step_xla']:.4g}"))
   if "step_s_at_bf16_peak" in result:
     rows.append(("step at bf16 peak", f"{result['step_s_at_bf16_peak']:.3f} s"))
   rows.append(("compile", f"{result['compile_s']} s"))
