@@ -161,9 +161,7 @@ def time_steps(config, steps: int, warmup: int = 1) -> dict[str, Any]:
     conditioning = stage.conditioning(config)
     batch["low_res"] = jnp.zeros((config.batch_size, low, low, channels), jnp.float32)
   batch = jax.device_put(batch, sharding.batch_sharding(mesh))
-  step_fn = jax.jit(train.make_train_step(model, tx, config, conditioning),
-                    in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
-                    out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
+  step_fn = train.jit_train_step(model, tx, config, mesh, state_shardings, conditioning)
   start = time.perf_counter()
   step_fn = step_fn.lower(state, batch).compile()
   compile_s = time.perf_counter() - start

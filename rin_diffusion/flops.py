@@ -21,6 +21,8 @@ from typing import Any
 
 import ml_collections
 
+from rin_diffusion import model as model_lib
+
 
 def _dense(rows: int, fan_in: int, fan_out: int) -> float:
   return 2.0 * rows * fan_in * fan_out
@@ -36,13 +38,6 @@ def _attention(q_rows: int, q_dim: int, kv_rows: int, kv_dim: int, inner: int,
 
 def _mlp(rows: int, dim: int, ratio: int) -> float:
   return 2 * _dense(rows, dim, dim * ratio)
-
-
-def _blocks(model_config: Mapping[str, Any]) -> tuple[int, ...]:
-  blocks = model_config["blocks"]
-  if isinstance(blocks, str):  # '6,6,6,6' from a command-line override.
-    return tuple(int(k) for k in blocks.split(",") if k.strip())
-  return tuple(int(k) for k in blocks)
 
 
 def _check_rin(config_model: Mapping[str, Any]) -> None:
@@ -88,7 +83,7 @@ def forward_parts(model_config: Mapping[str, Any]) -> dict[str, float]:
            + _mlp(tokens, tape_dim, tape_ratio))
   if mc.get("tape_conv", False):
     write += 2.0 * tokens * 9 * tape_dim  # Depthwise 3x3, counted with the write it precedes.
-  blocks = _blocks(mc)
+  blocks = model_lib.parse_blocks(mc["blocks"])
   for num_layers in blocks:
     parts["read"] += read
     if num_layers:  # A read-only block has no compute and no write.

@@ -505,17 +505,19 @@ def _model_fields(model_config: Mapping[str, Any]) -> dict[str, Any]:
   if missing:
     raise ValueError(f"config.model is missing field(s) {missing}")
   fields = {n: model_config[n] for n in names}
-  blocks = fields["blocks"]
-  if isinstance(blocks, str):  # '6,6,6,6' from a command-line override.
-    try:
-      blocks = tuple(int(k) for k in blocks.split(",") if k.strip())
-    except ValueError:
-      raise ValueError(f"config.model.blocks={fields['blocks']!r} is not a comma-separated "
-                       "list of integers") from None
-  elif isinstance(blocks, Sequence):
-    blocks = tuple(blocks)
-  fields["blocks"] = blocks
+  fields["blocks"] = parse_blocks(fields["blocks"])
   return fields
+
+
+def parse_blocks(blocks: Any) -> Any:
+  """config.model.blocks as a tuple; a string '6,6,6,6' comes from a command-line override."""
+  if isinstance(blocks, str):
+    try:
+      return tuple(int(k) for k in blocks.split(",") if k.strip())
+    except ValueError:
+      raise ValueError(f"config.model.blocks={blocks!r} is not a comma-separated list of "
+                       "integers") from None
+  return tuple(blocks) if isinstance(blocks, Sequence) else blocks
 
 
 def rin_from_config(model_config: Mapping[str, Any]) -> RIN:

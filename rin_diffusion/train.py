@@ -191,6 +191,19 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformationExtraArgs,
   return train_step
 
 
+def jit_train_step(model: nn.Module, tx: optax.GradientTransformationExtraArgs,
+                   config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+                   state_shardings: Any, conditioning: Conditioning | None = None):
+  """make_train_step jitted for the mesh: state sharded and donated, batch split, metrics replicated.
+
+  The trainer, the benchmarks and tools/plan compile this one program.
+  """
+  return jax.jit(make_train_step(model, tx, config, conditioning),
+                 in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+                 out_shardings=(state_shardings, sharding.replicated(mesh)),
+                 donate_argnums=0)
+
+
 def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
   """Model, optimizer, state shardings and a jitted state initialiser."""
   model = networks.from_config(config)
@@ -308,11 +321,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   batches = pipeline.make_iterator(config, source=source, start_step=start_step,
                                    process_index=jax.process_index(),
                                    process_count=jax.process_count())
-  train_step = jax.jit(
-      make_train_step(model, tx, config, conditioning),
-      in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
-      out_shardings=(state_shardings, sharding.replicated(mesh)),
-      donate_argnums=0)
+  train_step = jit_train_step(model, tx, config, mesh, state_shardings, conditioning)
   sample_fn = None
   loop_eval = None
   last_eval = None  # The latest in-loop evaluation's record, summarised on stdout at the end.

@@ -45,7 +45,7 @@ import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
-from jax.sharding import Mesh, NamedSharding  # noqa: E402
+from jax.sharding import Mesh  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from rin_diffusion import config_lib, flops, sharding, train  # noqa: E402
@@ -200,10 +200,7 @@ def plan(config: ml_collections.ConfigDict, topology: Slice) -> dict[str, Any]:
     conditioning = stage.conditioning(config)
     batch["low_res"] = jax.ShapeDtypeStruct((batch_size, low, low, channels), jnp.float32,
                                             sharding=batch_sharding)
-  step = jax.jit(train.make_train_step(model, tx, config, conditioning),
-                 in_shardings=(state_shardings, batch_sharding),
-                 out_shardings=(state_shardings, NamedSharding(mesh, jax.sharding.PartitionSpec())),
-                 donate_argnums=0)
+  step = train.jit_train_step(model, tx, config, mesh, state_shardings, conditioning)
   start = time.perf_counter()
   lowered = step.lower(abstract_state, batch)
   out_of_memory = ""
