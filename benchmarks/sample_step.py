@@ -85,7 +85,7 @@ def time_sampling_step(config: ml_collections.ConfigDict, long_steps: int, repea
   results = {}
   for steps in (1, long_steps):
     compiled, compile_s = _compile_sampler(config, model, mesh, steps, args)
-    results[steps] = {"compile_s": compile_s, "xla_flops": common.xla_flops(compiled) / batch,
+    results[steps] = {"compile_s": compile_s, "xla_flops": flops.xla_flops(compiled) / batch,
                       "seconds": _median_seconds(compiled, args, repeats, warmup),
                       **common.xla_memory(compiled)}
   short, long = results[1], results[long_steps]

@@ -70,13 +70,6 @@ def config_spec(argv: list[str]) -> dict[str, Any]:
   return {"config": spec, "overrides": overrides}
 
 
-def xla_flops(compiled) -> float:
-  """XLA's FLOP count of a compiled program (a loop body may count once: xla_counts_loop_trips)."""
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost  # A list in older jax versions.
-  return float((cost or {}).get("flops", float("nan")))
-
-
 def xla_counts_loop_trips() -> bool:
   """Whether this XLA's cost analysis multiplies a loop body by its trip count (probed on a scan
   of 8x8 matmuls: older versions count the body once)."""
@@ -84,7 +77,7 @@ def xla_counts_loop_trips() -> bool:
 
   def loop_flops(length: int) -> float:
     scan = lambda x: jax.lax.scan(lambda c, _: (c @ c, None), x, None, length=length)[0]  # noqa: E731
-    return xla_flops(jax.jit(scan).lower(x).compile())
+    return flops.xla_flops(jax.jit(scan).lower(x).compile())
 
   return loop_flops(4) > 1.5 * loop_flops(2)
 
@@ -148,19 +141,13 @@ def time_steps(config, steps: int, warmup: int = 1) -> dict[str, Any]:
   mesh = sharding.make_mesh(config.mesh)
   model, tx, init_fn, _, state_shardings = train.build(config, mesh)
   state = init_fn(int(config.seed))
-  size, channels = config.model.image_size, config.model.channels
-  batch = {
-      "image": jnp.zeros((config.batch_size, size, size, channels), jnp.float32),
-      "label": jnp.zeros((config.batch_size,), jnp.int32),
-  }
+  batch = {name: jax.device_put(jnp.zeros(spec.shape, spec.dtype), spec.sharding)
+           for name, spec in train.batch_spec(config, mesh).items()}
   conditioning = None
-  low = int(config.cascade.low_resolution)
-  if low:
+  if int(config.cascade.low_resolution):
     from rin_diffusion.cascade import stage  # noqa: PLC0415 -- only for cascade stages.
 
     conditioning = stage.conditioning(config)
-    batch["low_res"] = jnp.zeros((config.batch_size, low, low, channels), jnp.float32)
-  batch = jax.device_put(batch, sharding.batch_sharding(mesh))
   step_fn = train.jit_train_step(model, tx, config, mesh, state_shardings, conditioning)
   start = time.perf_counter()
   step_fn = step_fn.lower(state, batch).compile()
@@ -168,7 +155,7 @@ def time_steps(config, steps: int, warmup: int = 1) -> dict[str, Any]:
   # Gradient accumulation runs the network in a jax.lax.map, whose body XLA may count once.
   accum = int(config.grad_accum_steps)
   accum = 1 if accum == 1 or xla_counts_loop_trips() else accum
-  flops_per_image = xla_flops(step_fn) * accum / config.batch_size
+  flops_per_image = flops.xla_flops(step_fn) * accum / config.batch_size
   memory = xla_memory(step_fn)
   for _ in range(warmup):
     state, metrics = step_fn(state, batch)

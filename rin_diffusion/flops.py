@@ -24,6 +24,17 @@ import ml_collections
 from rin_diffusion import model as model_lib
 
 
+def xla_flops(compiled: Any) -> float:
+  """XLA's FLOP count of a compiled program (`jax.stages.Compiled`); NaN when it reports none.
+
+  Older jax versions return a one-element list of dicts. A loop body (lax.scan, lax.map) may be
+  counted once, whatever its trip count.
+  """
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float((cost or {}).get("flops", float("nan")))
+
+
 def _dense(rows: int, fan_in: int, fan_out: int) -> float:
   return 2.0 * rows * fan_in * fan_out
 

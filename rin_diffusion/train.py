@@ -204,6 +204,21 @@ def jit_train_step(model: nn.Module, tx: optax.GradientTransformationExtraArgs,
                  donate_argnums=0)
 
 
+def batch_spec(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
+               ) -> dict[str, jax.ShapeDtypeStruct]:
+  """Shapes, dtypes and shardings of one global training batch (with a stage's low_res)."""
+  batch_size, size = int(config.batch_size), int(config.model.image_size)
+  channels, low = int(config.model.channels), int(config.cascade.low_resolution)
+  split = sharding.batch_sharding(mesh)
+  spec = {"image": jax.ShapeDtypeStruct((batch_size, size, size, channels), jnp.float32,
+                                        sharding=split),
+          "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32, sharding=split)}
+  if low:
+    spec["low_res"] = jax.ShapeDtypeStruct((batch_size, low, low, channels), jnp.float32,
+                                           sharding=split)
+  return spec
+
+
 def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
   """Model, optimizer, state shardings and a jitted state initialiser."""
   model = networks.from_config(config)

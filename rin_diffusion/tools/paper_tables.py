@@ -181,6 +181,7 @@ def forward_flops_xla(model_config) -> float:
   import jax
   import jax.numpy as jnp
 
+  from rin_diffusion import flops
   from rin_diffusion import model as model_lib
 
   net = model_lib.rin_from_config(model_config)
@@ -195,10 +196,7 @@ def forward_flops_xla(model_config) -> float:
   def forward(variables, x, gamma, kwargs):
     return net.apply(variables, x, gamma, train=False, **kwargs)
 
-  analysis = jax.jit(forward).lower(variables, x, gamma, kwargs).compile().cost_analysis()
-  if isinstance(analysis, (list, tuple)):
-    analysis = analysis[0]
-  return float(analysis["flops"])
+  return flops.xla_flops(jax.jit(forward).lower(variables, x, gamma, kwargs).compile())
 
 
 def forward_flops_analytic(model_config) -> float:

@@ -41,7 +41,6 @@ os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
@@ -185,21 +184,12 @@ def plan(config: ml_collections.ConfigDict, topology: Slice) -> dict[str, Any]:
   sharding.check_batch_divisible(batch_size, mesh, accum)
   model, tx, _, abstract_state, state_shardings = train.build(config, mesh)
 
-  size, channels = int(config.model.image_size), int(config.model.channels)
-  batch_sharding = sharding.batch_sharding(mesh)
-  batch = {
-      "image": jax.ShapeDtypeStruct((batch_size, size, size, channels), jnp.float32,
-                                    sharding=batch_sharding),
-      "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32, sharding=batch_sharding),
-  }
+  batch = train.batch_spec(config, mesh)
   conditioning = None
-  low = int(config.cascade.low_resolution)
-  if low:
+  if int(config.cascade.low_resolution):
     from rin_diffusion.cascade import stage  # noqa: PLC0415 -- only for cascade stages.
 
     conditioning = stage.conditioning(config)
-    batch["low_res"] = jax.ShapeDtypeStruct((batch_size, low, low, channels), jnp.float32,
-                                            sharding=batch_sharding)
   step = train.jit_train_step(model, tx, config, mesh, state_shardings, conditioning)
   start = time.perf_counter()
   lowered = step.lower(abstract_state, batch)
@@ -231,10 +221,8 @@ def plan(config: ml_collections.ConfigDict, topology: Slice) -> dict[str, Any]:
     peak = (memory.argument_size_in_bytes + memory.output_size_in_bytes
             - memory.alias_size_in_bytes + temp)
     fits = None if hbm is None else bool(peak <= hbm)
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     # The partitioned program is one device's; a lax.map body (gradient accumulation) counts once.
-    xla_flops = float((cost or {}).get("flops", float("nan"))) * len(devices) * accum
+    xla_flops = flops.xla_flops(compiled) * len(devices) * accum
   else:
     temp = _temporaries_from_message(out_of_memory)
     peak = None if temp is None else sum(state_bytes.values()) + temp
