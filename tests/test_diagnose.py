@@ -54,3 +54,62 @@ def test_tool_on_fresh_parameters_reports_the_latent_table_scale(tmp_path, init_
   assert set(line["latent_cosine"]["0.9"]) == {"block_0_read", "block_0_layer_0",
                                                "block_1_read", "block_1_layer_0"}
   assert all(-1.0 <= c <= 1.0 for c in cosines)
+
+
+def test_tool_locality_on_fresh_parameters(tmp_path):
+  """`--locality`: shares of the model and of the Gaussian linear estimator at each noise level,
+  each summing to 1; the tiny config's 8 x 8 patches make a 4 x 4 grid of them."""
+  data_flags = tu.data_flags(str(tmp_path / "data"))
+  command = [sys.executable, "-m", "rin_diffusion.tools.diagnose", f"--config={tu.TINY_CONFIG}:tiny",
+             "--workdir=init", "--locality", *data_flags]
+  result = subprocess.run(command, capture_output=True, text=True, cwd=tu.REPO, timeout=300,
+                          env={**os.environ})
+  assert result.returncode == 0, result.stderr[-3000:]
+  locality = json.loads(result.stdout.strip().splitlines()[-1])["locality"]
+  assert locality["patch_size"] == 8 and sorted(locality["shares"]) == ["0.3", "0.6", "0.9"]
+  for level in locality["shares"].values():
+    for estimator in ("model", "gaussian_linear"):
+      shares = level[estimator]
+      assert sum(shares.values()) == pytest.approx(1.0, abs=2e-4)
+      assert all(0.0 <= v <= 1.0 for v in shares.values())
+  # Less noise, less need to look away from the patch: the optimal linear estimator's own share
+  # grows as t falls.
+  own = [locality["shares"][t]["gaussian_linear"]["own"] for t in ("0.9", "0.6", "0.3")]
+  assert own[0] < own[1] < own[2]
+
+
+def test_patch_shares_against_hand_counts():
+  # Identity: every output draws only on its own pixel, inside its own patch.
+  assert diagnose.patch_shares(np.eye(64), 8, 4) == {"own": 1.0, "neighbours": 0.0, "far": 0.0}
+  # All-ones on a 3 x 3 grid of 4 x 4 patches: each output pixel draws 16 units from each patch.
+  # Own patch: 16 of 144 inputs for every output. Neighbours (Chebyshev distance 1): 3 patches
+  # for the 4 corner patches, 5 for the 4 edge patches, 8 for the centre one.
+  shares = diagnose.patch_shares(np.ones((144, 144)), 12, 4)
+  assert shares["own"] == pytest.approx(1 / 9)
+  assert shares["neighbours"] == pytest.approx((4 * 3 + 4 * 5 + 8) * 16 / (9 * 144))
+  assert shares["own"] + shares["neighbours"] + shares["far"] == pytest.approx(1.0)
+  with pytest.raises(ValueError, match="expected \\(64, 64\\)"):
+    diagnose.patch_shares(np.eye(16), 8, 4)
+  with pytest.raises(ValueError, match="not a multiple of patch_size 3"):
+    diagnose.patch_shares(np.eye(64), 8, 3)
+
+
+@pytest.mark.parametrize("input_scale", [1.0, 0.5])
+def test_gaussian_linear_jacobian_is_the_least_squares_regression(input_scale):
+  """The MMSE linear estimator of x0 from x_t is the regression of x0 on x_t: fit it on samples
+  of a correlated 3-d Gaussian and compare (and the diagonal case with the scalar Wiener gain)."""
+  rng = np.random.RandomState(0)
+  factor = rng.randn(3, 3)
+  covariance = factor @ factor.T / 3 + 0.1 * np.eye(3)
+  gamma = 0.4
+  x0 = rng.multivariate_normal(np.zeros(3), covariance, size=400_000)
+  x_t = np.sqrt(gamma) * input_scale * x0 + np.sqrt(1 - gamma) * rng.randn(*x0.shape)
+  regression, *_ = np.linalg.lstsq(x_t, x0, rcond=None)  # x0 ~ x_t @ regression.
+  np.testing.assert_allclose(diagnose.gaussian_linear_jacobian(covariance, gamma, input_scale),
+                             regression.T, atol=0.01)
+  variances = np.array([0.1, 1.0, 4.0])
+  gain = (np.sqrt(gamma) * input_scale * variances
+          / (gamma * input_scale**2 * variances + 1 - gamma))
+  np.testing.assert_allclose(
+      diagnose.gaussian_linear_jacobian(np.diag(variances), gamma, input_scale), np.diag(gain),
+      rtol=1e-12)

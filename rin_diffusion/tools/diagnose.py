@@ -16,6 +16,14 @@ how does one sample form? One JSON line on stdout; optionally a trajectory grid.
 * position_signal: RMS of the interface position embedding (the learned table, or the sin-cos
   one) next to the RMS of the stem-LayerNorm'd patch content it is added to, and the RMS of the
   learned latent table.
+* locality (--locality): where the x0 prediction of each patch looks. For test images noised to
+  t = 0.9, 0.6, 0.3 (LOCALITY_IMAGES of them), the Jacobian d x0-hat / d x_t of the EMA model (no
+  clipping) is split by the squared mass each output pixel draws from its own patch, from the 8
+  patches around it and from the rest of the image (shares summing to 1). Next to it the same
+  shares of the best linear estimator for a class-conditional Gaussian fitted to the training
+  split (x0-hat = mu + sqrt(g) S (g S + (1 - g) I)^-1 (x_t - sqrt(g) mu) in the input-scaled
+  units): the shares a denoiser should reach if it used no more than second-order statistics. A
+  model far more local than that decides each patch from its own noisy pixels.
 * --trajectory: the EMA model's x0 prediction along one DDIM trajectory of the config's
   fid_steps (2 samples per class as rows; columns t = 0.9, 0.8, ..., 0.2, 0): the grid is the
   same, the sampler just stops at t_end, so column k is the x0-hat the full run holds there.
@@ -41,10 +49,15 @@ from rin_diffusion.evaluation import classifier, evaluate
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:arg]).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Trainer workdir (EMA parameters), or 'init'.")
 _TRAJECTORY = flags.DEFINE_string("trajectory", "", "Write the x0-hat trajectory grid (PNG) here.")
+_LOCALITY = flags.DEFINE_bool("locality", False, "Also measure the Jacobian locality (slower).")
 
 NOISE_LEVELS = (0.9, 0.6, 0.3)
 TRAJECTORY_T = (0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.0)
 NUM_IMAGES = 16
+LOCALITY_IMAGES = 8
+# Rank-deficient class covariances (constant black borders) get this much variance added, in
+# [-1, 1] units squared: far below any pixel noise the shares are measured at.
+GAUSSIAN_RIDGE = 1e-4
 
 
 def mean_pairwise_cosine(latents: np.ndarray) -> float:
@@ -57,6 +70,45 @@ def mean_pairwise_cosine(latents: np.ndarray) -> float:
   unit = centred / np.maximum(np.linalg.norm(centred, axis=-1, keepdims=True), 1e-12)
   cosine = np.einsum("bld,bmd->blm", unit, unit)
   return float(cosine[:, ~np.eye(num, dtype=bool)].mean())
+
+
+def patch_shares(jacobian: np.ndarray, side: int, patch_size: int) -> dict[str, float]:
+  """Shares of a pixel Jacobian's squared mass by where its inputs lie relative to each output.
+
+  jacobian: (side * side, side * side), rows outputs and columns inputs in row-major pixel
+  order (channels summed into the squares beforehand). Returns {'own', 'neighbours', 'far'}: the
+  mass drawn from the output's own patch, from the (up to 8) patches around it and from all
+  others, each divided by the total mass.
+  """
+  jacobian = np.asarray(jacobian, np.float64)
+  pixels = side * side
+  if jacobian.shape != (pixels, pixels):
+    raise ValueError(f"patch_shares: jacobian has shape {jacobian.shape}, expected "
+                     f"({pixels}, {pixels}) for side {side}.")
+  if side % patch_size:
+    raise ValueError(f"patch_shares: side {side} is not a multiple of patch_size {patch_size}.")
+  rows, cols = np.divmod(np.arange(pixels), side)
+  patch_row, patch_col = rows // patch_size, cols // patch_size
+  distance = np.maximum(np.abs(patch_row[:, None] - patch_row[None]),
+                        np.abs(patch_col[:, None] - patch_col[None]))  # In patches (Chebyshev).
+  mass = np.square(jacobian)
+  total = mass.sum()
+  if total <= 0:
+    raise ValueError("patch_shares: the Jacobian is zero.")
+  own = mass[distance == 0].sum() / total
+  neighbours = mass[distance == 1].sum() / total
+  return {"own": float(own), "neighbours": float(neighbours), "far": float(1.0 - own - neighbours)}
+
+
+def gaussian_linear_jacobian(covariance: np.ndarray, gamma: float, input_scale: float
+                             ) -> np.ndarray:
+  """d x0-hat / d x_t of the MMSE linear estimator for x0 ~ N(mu, covariance) ([-1, 1] units)
+  and x_t = sqrt(gamma) input_scale x0 + sqrt(1 - gamma) eps: sqrt(gamma) b S (gamma b^2 S +
+  (1 - gamma) I)^-1 (both sides symmetric, so the transpose is the same matrix)."""
+  covariance = np.asarray(covariance, np.float64)
+  eye = np.eye(covariance.shape[0])
+  system = gamma * input_scale**2 * covariance + (1.0 - gamma) * eye
+  return np.sqrt(gamma) * input_scale * np.linalg.solve(system, covariance).T
 
 
 def _rms(x) -> float:
@@ -116,6 +168,9 @@ def main(argv: Sequence[str]) -> None:
           "latent_pos_rms": round(_rms(params["latent_pos_emb"]), 4)},
   }
 
+  if _LOCALITY.value:
+    result["locality"] = _locality(model, params, config, x0, onehot, labels[:NUM_IMAGES])
+
   if _TRAJECTORY.value:
     steps = int(config.sampling.fid_steps)
     rows = np.repeat(np.arange(max(int(mcfg.num_classes), 1)), 2).astype(np.int32)
@@ -133,6 +188,57 @@ def main(argv: Sequence[str]) -> None:
                             "rows": "2 samples per class"}
   json.dump(result, sys.stdout)
   sys.stdout.write("\n")
+
+
+def _locality(model, params, config, x0: jax.Array, onehot, labels: np.ndarray) -> dict:
+  """The model's and the class-Gaussian linear estimator's patch shares at NOISE_LEVELS."""
+  mcfg, dcfg = config.model, config.diffusion
+  if mcfg.architecture != "rin":
+    raise ValueError(f"--locality needs a RIN (patches); config.model.architecture is "
+                     f"{mcfg.architecture!r}.")
+  side, patch, input_scale = int(mcfg.image_size), int(mcfg.patch_size), float(dcfg.input_scale)
+  gamma_fn = schedules.gamma_fn(dcfg.infer_schedule)
+  denoise = generate.make_denoise_fn(model, params, dcfg, self_condition=False)
+
+  def x0_hat(x_t, gamma, cond):  # One image: (H, W, C) -> (H, W, C), no clipping.
+    pred, _ = denoise(x_t[None], gamma[None], cond, None)
+    x0, _ = diffusion.predict_x0_eps(pred, x_t[None], gamma[None], pred_type=dcfg.pred_type,
+                                     input_scale=input_scale, clip_x0=False)
+    return x0[0] / input_scale
+
+  @jax.jit
+  def jacobian(x_t, gamma, cond):
+    jac = jax.jacrev(x0_hat)(x_t, gamma, cond)  # (H, W, C, H, W, C)
+    return jnp.sum(jnp.square(jac), axis=(2, 5))  # Squared mass, channels summed.
+
+  train_images, train_labels = classifier.load_split(config.dataset, "train")
+  train_x0 = train_images.reshape(len(train_images), side * side, -1).astype(np.float64)
+  train_x0 = train_x0 / 127.5 - 1.0
+  covariances = {}
+  shares = {}
+  count = min(LOCALITY_IMAGES, x0.shape[0])
+  for t in NOISE_LEVELS:
+    gamma = gamma_fn(jnp.full((count,), t, jnp.float32))
+    noise = jax.random.normal(jax.random.key(2), x0[:count].shape)
+    x_t = diffusion.add_noise(x0[:count], gamma, noise, input_scale)
+    model_mass, linear_mass = 0.0, 0.0
+    for i in range(count):
+      cond = {"class_onehot": onehot[i:i + 1]} if onehot is not None else {}
+      model_mass = model_mass + np.asarray(jacobian(x_t[i], gamma[i], cond)).reshape(
+          side * side, side * side)
+      label = int(labels[i]) if onehot is not None else -1
+      if label not in covariances:
+        members = train_x0 if label < 0 else train_x0[train_labels == label]
+        flat = members.mean(axis=-1)  # Channels averaged: one Gaussian over pixel positions.
+        covariances[label] = np.cov(flat, rowvar=False) + GAUSSIAN_RIDGE * np.eye(side * side)
+      linear = gaussian_linear_jacobian(covariances[label], float(gamma[i]), input_scale)
+      linear_mass = linear_mass + np.square(linear)
+    # Mass summed over images, so shares are of the pooled Jacobian (sqrt: patch_shares squares).
+    shares[str(t)] = {"model": {k: round(v, 4) for k, v in patch_shares(
+                          np.sqrt(model_mass), side, patch).items()},
+                      "gaussian_linear": {k: round(v, 4) for k, v in patch_shares(
+                          np.sqrt(linear_mass), side, patch).items()}}
+  return {"images": count, "patch_size": patch, "shares": shares}
 
 
 if __name__ == "__main__":
