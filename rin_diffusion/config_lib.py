@@ -88,6 +88,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.latent_pos_init_std = 0.02
   c.model.xattn_kv_ln = False
   c.model.tape_conv = False  # Residual depthwise 3x3 conv on the interface per block (not RIN's).
+  c.model.tape_self_attn = False  # Self-attention among interface tokens per block (not RIN's).
   c.model.time_scaling = 1000.0
   c.model.dtype = "float32"  # Activation dtype: 'float32' or 'bfloat16'.
   # Rematerialisation: recompute each block in the backward pass instead of keeping its

@@ -92,8 +92,11 @@ def forward_parts(model_config: Mapping[str, Any]) -> dict[str, float]:
            + _mlp(latents, latent_dim, latent_ratio))
   write = (_attention(tokens, tape_dim, latents, latent_dim, inner, tape_dim)
            + _mlp(tokens, tape_dim, tape_ratio))
+  # The interface's own mixing runs at the start of every block, so it is counted with the read.
   if mc.get("tape_conv", False):
-    write += 2.0 * tokens * 9 * tape_dim  # Depthwise 3x3, counted with the write it precedes.
+    read += 2.0 * tokens * 9 * tape_dim  # Depthwise 3x3.
+  if mc.get("tape_self_attn", False):
+    read += _attention(tokens, tape_dim, tokens, tape_dim, tape_dim, tape_dim)
   blocks = model_lib.parse_blocks(mc["blocks"])
   for num_layers in blocks:
     parts["read"] += read

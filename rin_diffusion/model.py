@@ -316,6 +316,10 @@ class RIN(nn.Module):
   # Not in the reference: a residual depthwise 3x3 convolution over the interface grid at the start
   # of every block (lucidrains' rin-pytorch "PEG"), giving neighbouring patches a direct route.
   tape_conv: bool = False
+  # Not in the reference either: pre-LN self-attention among the interface tokens at the start of
+  # every block (rin-pytorch's patches_self_attn), so that a patch can read its neighbours'
+  # noisy pixels without a round trip through the latents.
+  tape_self_attn: bool = False
   time_scaling: float = 1000.0
   dtype: str = "float32"
   # Recompute each latent layer and each read and write unit in the backward pass instead of
@@ -410,6 +414,10 @@ class RIN(nn.Module):
             kernel_init=_named(_KERNEL_INIT, (None, None, None, "embed")),
             bias_init=_named(_ZEROS, ("embed",)), name=f"block_{i}_tape_conv")(grid)
         iface = iface + local.reshape(batch, n_side * n_side, d)
+      if self.tape_self_attn:
+        normed = _layer_norm(f"block_{i}_tape_attn_ln", dtype)(iface)
+        iface = iface + Attention(self.rw_heads, d, d, dtype=dtype,
+                                  name=f"block_{i}_tape_attn")(normed, normed, deterministic=True)
       latents = unit_cls(self.rw_heads, inner, self.latent_mlp_ratio, self.xattn_kv_ln,
                                    dtype, name=f"block_{i}_read")(latents, iface)
       if num_layers == 0:  # pix2seq: a read-only block (compute and write are identity).
@@ -468,8 +476,12 @@ def _check_fields(f: Mapping[str, Any]) -> None:
   if inner % f["rw_heads"]:
     raise ValueError(f"config.model.rw_heads={f['rw_heads']} does not divide the read/write "
                      f"attention width min(tape_dim, latent_dim)={inner}")
-  if not isinstance(f["tape_conv"], bool):
-    bad("tape_conv", "must be True or False")
+  for name in ("tape_conv", "tape_self_attn"):
+    if not isinstance(f[name], bool):
+      bad(name, "must be True or False")
+  if f["tape_self_attn"] and f["tape_dim"] % f["rw_heads"]:
+    raise ValueError(f"config.model.rw_heads={f['rw_heads']} does not divide "
+                     f"config.model.tape_dim={f['tape_dim']} (tape_self_attn's heads)")
   for name in ("drop_units", "drop_path", "drop_att"):
     if not isinstance(f[name], (int, float)) or not 0.0 <= f[name] < 1.0:
       bad(name, "must be in [0, 1)")

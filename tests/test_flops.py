@@ -37,6 +37,12 @@ def test_one_block_by_hand():
   assert flops.train_flops_per_image(config) == first_pass + 3 * forward - no_input_gradient
   config.diffusion.self_cond_rate = 0.0
   assert flops.train_flops_per_image(config) == 3 * forward - no_input_gradient
+  # The interface's own mixing, before each read: a depthwise 3x3 conv and a t x t attention.
+  conv = 2 * t * 9 * d
+  tape_attention = 4 * 2 * t * d * d + 2 * 2 * t * t * d
+  mixed = _config(tape_conv=True, tape_self_attn=True)
+  assert flops.forward_parts(mixed.model)["read"] == read + conv + tape_attention
+  assert flops.forward_flops_per_image(mixed.model) == forward + conv + tape_attention
   config.sampling.guidance = 3.0  # Unconditional: guidance has nothing to drop, one pass.
   assert flops.sample_step_flops_per_image(config) == forward
   config.model.num_classes = 10

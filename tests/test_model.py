@@ -505,3 +505,32 @@ def test_tape_conv_is_a_residual_depthwise_conv_per_block():
   fields = dict(small_config().items(), tape_conv=1)
   with pytest.raises(ValueError, match="config.model.tape_conv=1 must be True or False"):
     model_lib.rin_from_config(fields)
+
+
+def test_tape_self_attn_is_the_only_route_between_patches_of_a_read_only_block():
+  """With one read-only block (blocks=(0,)) the latents never reach the interface, so each
+  patch's output is a function of its own pixels alone; tape_self_attn adds exactly one residual
+  self-attention over the tokens, which lets a change in one patch move every other patch."""
+  def outputs(cfg):
+    net, params, args = init(cfg, batch=1)
+    x = args["x"]
+    moved = x.at[:, :4, :4].add(1.0)  # Patch (0, 0) only.
+    plain = net.apply({"params": params}, **args, train=False)[0]
+    other = net.apply({"params": params}, **dict(args, x=moved), train=False)[0]
+    return params, np.asarray(jnp.abs(other - plain))
+
+  _, change = outputs(small_config(blocks=(0,)))
+  assert change[:, :4, :4].max() > 1e-3
+  np.testing.assert_array_equal(change[:, 4:], 0.0)
+  np.testing.assert_array_equal(change[:, :, 4:], 0.0)
+
+  params, change = outputs(small_config(blocks=(0,), tape_self_attn=True))
+  assert change[:, 4:].min() > 0.0 and change[:, :, 4:].min() > 0.0
+  d = small_config().tape_dim
+  attention = params["block_0_tape_attn"]
+  count = lambda tree: sum(x.size for x in jax.tree.leaves(tree))  # noqa: E731
+  assert count(attention) == 4 * (d * d + d)  # q, k, v and out projections with biases.
+  assert count(params["block_0_tape_attn_ln"]) == 2 * d
+  fields = dict(small_config().items(), tape_self_attn="yes")
+  with pytest.raises(ValueError, match="config.model.tape_self_attn='yes' must be True or False"):
+    model_lib.rin_from_config(fields)
