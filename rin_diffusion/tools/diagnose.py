@@ -2,7 +2,7 @@ r"""Diagnostics of a trained RIN: are its latents distinct, does it know where p
 how does one sample form? One JSON line on stdout; optionally a trajectory grid.
 
   python -m rin_diffusion.tools.diagnose --config=configs/fashion_mnist.py \
-      --workdir=workdir/fashion_mnist [--trajectory=traj.png] [--config.<field>=...]
+      --workdir=workdir/fashion_mnist [--locality] [--trajectory=traj.png] [--config.<field>=...]
   python -m rin_diffusion.tools.diagnose --config=configs/fashion_mnist.py --workdir=init
 
 --workdir=init probes the parameters a run of this config starts from instead of a checkpoint.
