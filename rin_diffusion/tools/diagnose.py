@@ -193,9 +193,10 @@ def main(argv: Sequence[str]) -> None:
 def _locality(model, params, config, x0: jax.Array, onehot, labels: np.ndarray) -> dict:
   """The model's and the class-Gaussian linear estimator's patch shares at NOISE_LEVELS."""
   mcfg, dcfg = config.model, config.diffusion
-  if mcfg.architecture != "rin":
-    raise ValueError(f"--locality needs a RIN (patches); config.model.architecture is "
-                     f"{mcfg.architecture!r}.")
+  if mcfg.architecture != "rin" or int(mcfg.extra_in_channels):
+    raise ValueError(f"--locality needs a RIN without conditioning channels (a base model); "
+                     f"config.model.architecture is {mcfg.architecture!r}, extra_in_channels "
+                     f"{mcfg.extra_in_channels}.")
   side, patch, input_scale = int(mcfg.image_size), int(mcfg.patch_size), float(dcfg.input_scale)
   gamma_fn = schedules.gamma_fn(dcfg.infer_schedule)
   denoise = generate.make_denoise_fn(model, params, dcfg, self_condition=False)
