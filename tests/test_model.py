@@ -50,6 +50,10 @@ def init_key(seed=0):
   return jax.random.key(seed, impl="rbg")
 
 
+def _num_params(tree) -> int:
+  return sum(x.size for x in jax.tree.leaves(tree))
+
+
 def init(cfg, seed=0, batch=BATCH):
   net = Jitted(model_lib.rin_from_config(cfg))
   args = inputs(cfg, batch)
@@ -491,8 +495,7 @@ def test_tape_conv_is_a_residual_depthwise_conv_per_block():
     conv = params[f"block_{i}_tape_conv"]
     assert conv["kernel"].shape == (3, 3, 1, d) and conv["bias"].shape == (d,)
   plain_net, plain_params, _ = init(small_config(blocks=(1, 1)))
-  count = lambda tree: sum(x.size for x in jax.tree.leaves(tree))  # noqa: E731
-  assert count(params) - count(plain_params) == 2 * (9 * d + d)
+  assert _num_params(params) - _num_params(plain_params) == 2 * (9 * d + d)
   # With zero convolutions the network is exactly the plain one (a residual branch).
   zeroed = {k: v for k, v in params.items() if "tape_conv" not in k}
   with_zero = dict(zeroed, **{f"block_{i}_tape_conv": jax.tree.map(
@@ -528,9 +531,8 @@ def test_tape_self_attn_is_the_only_route_between_patches_of_a_read_only_block()
   assert change[:, 4:].min() > 0.0 and change[:, :, 4:].min() > 0.0
   d = small_config().tape_dim
   attention = params["block_0_tape_attn"]
-  count = lambda tree: sum(x.size for x in jax.tree.leaves(tree))  # noqa: E731
-  assert count(attention) == 4 * (d * d + d)  # q, k, v and out projections with biases.
-  assert count(params["block_0_tape_attn_ln"]) == 2 * d
+  assert _num_params(attention) == 4 * (d * d + d)  # q, k, v and out projections with biases.
+  assert _num_params(params["block_0_tape_attn_ln"]) == 2 * d
   fields = dict(small_config().items(), tape_self_attn="yes")
   with pytest.raises(ValueError, match="config.model.tape_self_attn='yes' must be True or False"):
     model_lib.rin_from_config(fields)
