@@ -89,6 +89,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.xattn_kv_ln = False
   c.model.tape_conv = False  # Residual depthwise 3x3 conv on the interface per block (not RIN's).
   c.model.tape_self_attn = False  # Self-attention among interface tokens per block (not RIN's).
+  # Not RIN's either: the patch embedding also sees stem_overlap pixels of each neighbouring patch,
+  # and the output projection reads an out_kernel x out_kernel neighbourhood of tokens.
+  c.model.stem_overlap = 0
+  c.model.out_kernel = 1
   c.model.time_scaling = 1000.0
   c.model.dtype = "float32"  # Activation dtype: 'float32' or 'bfloat16'.
   # Rematerialisation: recompute each block in the backward pass instead of keeping its

@@ -74,17 +74,24 @@ def forward_parts(model_config: Mapping[str, Any]) -> dict[str, float]:
   latents = int(mc["latent_slots"]) + int(mc["num_extra_tokens"])
   in_channels = int(mc["channels"]) + int(mc["extra_in_channels"])
   inner = min(tape_dim, latent_dim)
+  # Overlapping stem and output kernels: only the taps that land on the image (or token grid)
+  # count, as in XLA; per axis the first and last positions lose what hangs over the border.
+  side = size // patch
+  overlap = int(mc.get("stem_overlap", 0))
+  stem_taps = (side * (patch + 2 * overlap) - 2 * overlap) ** 2
+  reach = int(mc.get("out_kernel", 1)) // 2
+  out_taps = (side * (2 * reach + 1) - reach * (reach + 1)) ** 2
   latent_ratio, tape_ratio = int(mc["latent_mlp_ratio"]), int(mc["tape_mlp_ratio"])
   embeddings_per_scalar = latent_dim  # ScalarEmbedding: D/4 -> D -> D.
   num_scalars = 1 + int(mc["num_extra_tokens"])
   parts = {
-      "stem": _dense(tokens, patch * patch * in_channels, tape_dim),
+      "stem": _dense(1, stem_taps * in_channels, tape_dim),
       "embeddings_first": (num_scalars * _dense(1, embeddings_per_scalar // 4, latent_dim)
                            + _dense(1, int(mc["num_classes"]), latent_dim)),
       "embeddings": num_scalars * _dense(1, latent_dim, latent_dim),
       "self_cond": _mlp(latents, latent_dim, latent_ratio),
       "read": 0.0, "compute": 0.0, "write": 0.0, "last_write": 0.0,
-      "output": _dense(tokens, tape_dim, patch * patch * int(mc["channels"])),
+      "output": _dense(out_taps, tape_dim, patch * patch * int(mc["channels"])),
   }
   read = (_attention(latents, latent_dim, tokens, tape_dim, inner, latent_dim)
           + _mlp(latents, latent_dim, latent_ratio))

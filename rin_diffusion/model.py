@@ -320,6 +320,12 @@ class RIN(nn.Module):
   # every block (rin-pytorch's patches_self_attn), so that a patch can read its neighbours'
   # noisy pixels without a round trip through the latents.
   tape_self_attn: bool = False
+  # Not in the reference: local routes at the ends of the network, for small budgets. stem_overlap
+  # widens each token's patch embedding by that many pixels of the neighbouring patches on every
+  # side (kernel p + 2 * overlap, stride p); out_kernel > 1 makes the output projection read the
+  # out_kernel x out_kernel neighbourhood of tokens, so a patch's pixels can follow its neighbours'.
+  stem_overlap: int = 0
+  out_kernel: int = 1
   time_scaling: float = 1000.0
   dtype: str = "float32"
   # Recompute each latent layer and each read and write unit in the backward pass instead of
@@ -365,8 +371,10 @@ class RIN(nn.Module):
 
     # Interface: patch embedding, stem LN, then position embedding.
     n_side = self.image_size // p
+    stem_size, overlap = p + 2 * self.stem_overlap, self.stem_overlap
     tokens = nn.Conv(
-        d, (p, p), strides=(p, p), padding="VALID", use_bias=True, dtype=dtype,
+        d, (stem_size, stem_size), strides=(p, p), padding=((overlap, overlap), (overlap, overlap)),
+        use_bias=True, dtype=dtype,
         param_dtype=jnp.float32, kernel_init=_named(_KERNEL_INIT, (None, None, "vocab", "embed")),
         bias_init=_named(_ZEROS, ("embed",)), name="stem_conv")(x.astype(dtype))
     iface = _layer_norm("stem_ln", dtype)(tokens.reshape(batch, n_side * n_side, d))
@@ -430,7 +438,14 @@ class RIN(nn.Module):
                                  dtype, name=f"block_{i}_write")(iface, latents)
 
     out = _layer_norm("out_ln", dtype)(iface)
-    out = _dense(p * p * self.channels, ("embed", "vocab"), "out_dense", dtype)(out)
+    if self.out_kernel == 1:
+      out = _dense(p * p * self.channels, ("embed", "vocab"), "out_dense", dtype)(out)
+    else:
+      out = nn.Conv(
+          p * p * self.channels, (self.out_kernel, self.out_kernel), padding="SAME", dtype=dtype,
+          param_dtype=jnp.float32, kernel_init=_named(_KERNEL_INIT, (None, None, "embed", "vocab")),
+          bias_init=_named(_ZEROS, ("vocab",)), name="out_conv")(
+              out.reshape(batch, n_side, n_side, d))
     pred = depth_to_space(out.reshape(batch, n_side, n_side, p * p * self.channels), p)
     # float32 outputs keep sampler loop carries (and self-conditioning state) dtype-stable.
     return pred.astype(jnp.float32), latents.astype(jnp.float32)
@@ -479,6 +494,14 @@ def _check_fields(f: Mapping[str, Any]) -> None:
   for name in ("tape_conv", "tape_self_attn"):
     if not isinstance(f[name], bool):
       bad(name, "must be True or False")
+  if not _is_int(f["stem_overlap"]) or not 0 <= f["stem_overlap"] <= f["patch_size"]:
+    bad("stem_overlap", f"must be an integer in [0, patch_size={f['patch_size']}] (pixels of each "
+        "neighbouring patch the patch embedding also sees)")
+  if not _is_int(f["out_kernel"]) or f["out_kernel"] < 1 or f["out_kernel"] % 2 == 0:
+    bad("out_kernel", "must be a positive odd integer (1: the reference's per-token projection)")
+  side = f["image_size"] // f["patch_size"]
+  if f["out_kernel"] > 2 * side - 1:
+    bad("out_kernel", f"must be at most {2 * side - 1} (twice the {side} tokens per side, minus 1)")
   if f["tape_self_attn"] and f["tape_dim"] % f["rw_heads"]:
     raise ValueError(f"config.model.rw_heads={f['rw_heads']} does not divide "
                      f"config.model.tape_dim={f['tape_dim']} (tape_self_attn's heads)")

@@ -84,3 +84,28 @@ def test_unet_is_not_counted():
   config.model.architecture = "unet"
   with pytest.raises(NotImplementedError, match="architecture='unet'"):
     flops.train_flops_per_image(config)
+
+
+def test_overlapping_stem_and_output_kernel():
+  """Only the taps that land on the image count: 4 tokens per side, each stem window 8 wide with
+  2 pixels hanging over the border at both ends (4 x 8 - 2 - 2 = 28 taps per axis), and a 3x3
+  kernel on the 4x4 token grid (4 x 3 - 1 - 1 = 10 per axis)."""
+  plain, local = _config(), _config(stem_overlap=2, out_kernel=3)
+  d = 64
+  stem = 2 * 28 * 28 * 3 * d
+  output = 2 * 10 * 10 * d * (4 * 4 * 3)
+  parts, plain_parts = flops.forward_parts(local.model), flops.forward_parts(plain.model)
+  assert parts["stem"] == stem and parts["output"] == output
+  assert plain_parts["stem"] == 2 * 16 * 16 * 3 * d  # Every pixel once.
+  # XLA's count moves by exactly the same amount.
+  net, plain_net = networks.from_config(local), networks.from_config(plain)
+  images = jnp.zeros((1, 16, 16, 3))
+
+  def xla_forward(model):
+    params = jax.eval_shape(lambda: model.init(jax.random.key(0), images, jnp.ones((1,)),
+                                               train=False))["params"]
+    return _xla_flops(lambda p, x: model.apply({"params": p}, x, jnp.ones((1,)), train=False)[0],
+                      params, images)
+
+  assert xla_forward(net) - xla_forward(plain_net) == (stem + output) - (
+      plain_parts["stem"] + plain_parts["output"])

@@ -536,3 +536,50 @@ def test_tape_self_attn_is_the_only_route_between_patches_of_a_read_only_block()
   fields = dict(small_config().items(), tape_self_attn="yes")
   with pytest.raises(ValueError, match="config.model.tape_self_attn='yes' must be True or False"):
     model_lib.rin_from_config(fields)
+
+
+def _changed_patches(cfg, row, col):
+  """Which output patches move when one input pixel changes (a 0/1 map on the token grid)."""
+  net, params, args = init(cfg, batch=1)
+  moved = args["x"].at[:, row, col].add(1.0)
+  plain = net.apply({"params": params}, **args, train=False)[0]
+  other = net.apply({"params": params}, **dict(args, x=moved), train=False)[0]
+  p, side = cfg.patch_size, cfg.image_size // cfg.patch_size
+  change = np.abs(np.asarray(other - plain))[0].sum(-1)
+  return change.reshape(side, p, side, p).sum((1, 3)) > 0
+
+
+def test_stem_overlap_and_out_kernel_reach_exactly_their_neighbours():
+  """With one read-only block (no route through the latents) each output patch is a function of
+  the pixels its stem window covers, then of the tokens its output kernel covers."""
+  expected = np.zeros((4, 4), bool)
+  expected[1, 1] = True
+  # Pixel (4, 4) is the first pixel of patch (1, 1) of the 4x4 patch grid.
+  np.testing.assert_array_equal(_changed_patches(small_config(blocks=(0,)), 4, 4), expected)
+  # Two pixels of overlap: patch (0, 0)'s window, rows and columns -2..5, also covers it.
+  expected[:2, :2] = True
+  np.testing.assert_array_equal(
+      _changed_patches(small_config(blocks=(0,), stem_overlap=2), 4, 4), expected)
+  # A 3x3 output kernel on the token grid: every patch within one token of (1, 1).
+  expected = np.zeros((4, 4), bool)
+  expected[:3, :3] = True
+  np.testing.assert_array_equal(
+      _changed_patches(small_config(blocks=(0,), out_kernel=3), 4, 4), expected)
+
+  _, params, _ = init(small_config(stem_overlap=2, out_kernel=3))
+  d, out = small_config().tape_dim, 4 * 4 * 3
+  assert params["stem_conv"]["kernel"].shape == (8, 8, 3, d)
+  assert params["out_conv"]["kernel"].shape == (3, 3, d, out)
+  assert "out_dense" not in params
+
+
+@pytest.mark.parametrize("field,value,allowed", [
+    ("stem_overlap", 5, r"in \[0, patch_size=4\]"),
+    ("stem_overlap", -1, r"in \[0, patch_size=4\]"),
+    ("out_kernel", 2, "positive odd integer"),
+    ("out_kernel", 9, "at most 7"),
+])
+def test_stem_overlap_and_out_kernel_are_validated(field, value, allowed):
+  fields = dict(small_config().items(), **{field: value})
+  with pytest.raises(ValueError, match=rf"config.model.{field}={value} must .*{allowed}"):
+    model_lib.rin_from_config(fields)
