@@ -69,12 +69,12 @@ def class_labels(config: ml_collections.ConfigDict, num_samples: int, classes: s
 def sample_output(model: nn.Module, config: ml_collections.ConfigDict, params: Any,
                   key: jax.Array, labels: jax.Array, *, sampler: str, steps: int, guidance: float,
                   t_end: float = 0.0, extra_cond: dict[str, jax.Array] | None = None,
-                  noise: jax.Array | None = None) -> samplers.SampleOutput:
+                  noise: jax.Array | None = None, t_start: float = 1.0) -> samplers.SampleOutput:
   """The sampler's output (x0-hat in [-1, 1] and the state at t_end) for the N labels.
 
   extra_cond (a super-resolution stage's inputs, train.Conditioning's keys) is part of the
   condition *and* of the null condition: guidance drops only the class. noise: the state at
-  t = 1 (default: drawn from `key`). Traced inside a jit.
+  t_start (default: pure noise drawn from `key`, at t_start = 1). Traced inside a jit.
   """
   dcfg = config.diffusion
   mcfg = config.model
@@ -101,7 +101,8 @@ def sample_output(model: nn.Module, config: ml_collections.ConfigDict, params: A
       gamma_fn=schedules.gamma_fn(dcfg.infer_schedule), steps=steps, sampler=sampler,
       input_scale=float(dcfg.input_scale), pred_type=dcfg.pred_type, cond=cond,
       null_cond=null_cond, guidance=guidance if num_classes > 0 else 0.0,
-      td=float(config.sampling.td), hidden_init=networks.zero_hidden(config, batch), t_end=t_end)
+      td=float(config.sampling.td), hidden_init=networks.zero_hidden(config, batch), t_end=t_end,
+      t_start=t_start)
 
 
 def _sample_images(model: nn.Module, config: ml_collections.ConfigDict, params: Any, key: jax.Array,

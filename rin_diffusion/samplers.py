@@ -73,26 +73,29 @@ class SampleOutput(NamedTuple):
   x_t: jax.Array  # The final sampler state, at t_end.
 
 
-def check_time_grid(steps: int, td: float = 0.0, t_end: float = 0.0) -> None:
+def check_time_grid(steps: int, td: float = 0.0, t_end: float = 0.0, t_start: float = 1.0) -> None:
   """Raises ValueError naming the field for a grid `time_grid` cannot build; touches no device.
 
   Config validation calls this before jax.distributed.initialize, which must precede any jax op.
   """
   if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or steps < 1:
     raise ValueError(f"config.sampling.steps={steps!r}; allowed: an integer >= 1")
-  if not 0.0 <= t_end < 1.0:
-    raise ValueError(f"t_end={t_end!r}; allowed: 0 <= t_end < 1")
+  if not 0.0 < t_start <= 1.0:
+    raise ValueError(f"t_start={t_start!r}; allowed: 0 < t_start <= 1")
+  if not 0.0 <= t_end < t_start:
+    raise ValueError(f"t_end={t_end!r}; allowed: 0 <= t_end < t_start={t_start!r}")
   if not td > -1.0:
     raise ValueError(f"config.sampling.td={td!r}; allowed: td > -1 (so that t_next < t_now)")
 
 
-def time_grid(steps: int, td: float = 0.0, t_end: float = 0.0) -> tuple[jax.Array, jax.Array]:
-  """(t_now, t_next), each float32 of shape (steps,), of the uniform grid over [t_end, 1]."""
-  check_time_grid(steps, td, t_end)
+def time_grid(steps: int, td: float = 0.0, t_end: float = 0.0,
+              t_start: float = 1.0) -> tuple[jax.Array, jax.Array]:
+  """(t_now, t_next), each float32 of shape (steps,), of the uniform grid over [t_end, t_start]."""
+  check_time_grid(steps, td, t_end, t_start)
   i = np.arange(steps, dtype=np.float64)
-  span = 1.0 - t_end
-  t_now = 1.0 - i / steps * span
-  t_next = np.maximum(1.0 - (i + 1.0 + td) / steps * span, t_end)
+  span = t_start - t_end
+  t_now = t_start - i / steps * span
+  t_next = np.maximum(t_start - (i + 1.0 + td) / steps * span, t_end)
   return jnp.asarray(t_now, jnp.float32), jnp.asarray(t_next, jnp.float32)
 
 
@@ -104,8 +107,10 @@ def sample(denoise_fn: DenoiseFn, noise: jax.Array, key: jax.Array, *,
            gamma_fn: Callable[[jax.Array], jax.Array], steps: int, sampler: str = "ddpm",
            input_scale: float = 1.0, pred_type: str = "eps", cond: PyTree = None,
            null_cond: PyTree = None, guidance: float = 0.0, td: float = 0.0,
-           hidden_init: PyTree = None, clip_x0: bool = True, t_end: float = 0.0) -> SampleOutput:
-  """Runs the reverse process from `noise` (the state at t = 1) down to t_end.
+           hidden_init: PyTree = None, clip_x0: bool = True, t_end: float = 0.0,
+           t_start: float = 1.0) -> SampleOutput:
+  """Runs the reverse process from `noise`, the state at t_start (pure noise at the default 1),
+  down to t_end. A t_start < 1 continues from a partly noised image (SDEdit, Meng et al. 2022).
 
   denoise_fn(x_t, gamma, cond, hidden) -> (pred, hidden_out) gets the un-normalised state x_t and
   gamma of shape (batch,); it applies normalize_input and the network itself.
@@ -118,7 +123,7 @@ def sample(denoise_fn: DenoiseFn, noise: jax.Array, key: jax.Array, *,
       custom_message="samplers.sample: cond, null_cond and hidden_init need noise's batch size")
   if isinstance(input_scale, (int, float)) and not input_scale > 0:
     raise ValueError(f"config.diffusion.input_scale={input_scale!r}; allowed: a number > 0")
-  t_now, t_next = time_grid(steps, td, t_end)
+  t_now, t_next = time_grid(steps, td, t_end, t_start)
   x_init = jnp.asarray(noise, jnp.float32)
   batch = x_init.shape[0]
   tree_map = jax.tree_util.tree_map

@@ -113,3 +113,34 @@ def test_gaussian_linear_jacobian_is_the_least_squares_regression(input_scale):
   np.testing.assert_allclose(
       diagnose.gaussian_linear_jacobian(np.diag(variances), gamma, input_scale), np.diag(gain),
       rtol=1e-12)
+
+
+@pytest.mark.parametrize("t,close", [(0.02, True), (1.0, False)])
+def test_tool_renoise_finishes_real_images_from_t(tmp_path, t, close):
+  """`--renoise=t`: test images noised to t and sampled from there. Near t = 0 the sampler has
+  almost nothing to do (even a fresh network's prediction is weighted by sqrt(1 - gamma) ~ 0.03),
+  so the results are the test images to within a few grey levels; from t = 1 they are pure
+  samples, unrelated to them."""
+  from rin_diffusion import paper_configs  # noqa: PLC0415
+  from rin_diffusion.evaluation import classifier  # noqa: PLC0415
+
+  data_flags = tu.data_flags(str(tmp_path / "data"))
+  output = str(tmp_path / "renoised.npz")
+  command = [sys.executable, "-m", "rin_diffusion.tools.diagnose", f"--config={tu.TINY_CONFIG}:tiny",
+             "--workdir=init", f"--renoise={t}", f"--renoise_output={output}",
+             "--renoise_images=16", *data_flags]
+  result = subprocess.run(command, capture_output=True, text=True, cwd=tu.REPO, timeout=300,
+                          env={**os.environ})
+  assert result.returncode == 0, result.stderr[-3000:]
+  renoise = json.loads(result.stdout.strip().splitlines()[-1])["renoise"]
+  assert renoise["images"] == 16 and renoise["steps"] == (1 if t < 1 else 4)
+  with np.load(output) as data:
+    finished = data["images"]
+  config = paper_configs.load_config(f"{tu.TINY_CONFIG}:tiny")
+  for flag in data_flags:  # --config.dataset.<field>=<value>
+    field, value = flag.removeprefix("--config.dataset.").split("=", 1)
+    config.dataset[field] = value
+  real = classifier.load_split(config.dataset, "test")[0][:16]
+  assert finished.shape == real.shape and finished.dtype == np.uint8
+  error = np.abs(finished.astype(np.float64) - real).mean()
+  assert (error < 6.0) if close else (error > 30.0), error

@@ -53,10 +53,16 @@ def optimal_denoiser(mu, s, b, pred_type):
   return denoise_fn
 
 
-def exact_moments(sampler, spec, mu, s, b, steps=STEPS, t_end=0.0, td=0.0):
-  """float64 (mean, var) of the output x0 and of the final state x_t, per dimension, no clipping."""
-  t_now, t_next = (np.asarray(a, np.float64) for a in samplers.time_grid(steps, td, t_end))
-  m, v = np.zeros_like(mu), np.ones_like(mu)
+def exact_moments(sampler, spec, mu, s, b, steps=STEPS, t_end=0.0, td=0.0, t_start=1.0):
+  """float64 (mean, var) of the output x0 and of the final state x_t, per dimension, no clipping.
+
+  The start state is the exact marginal at t_start (pure noise at t_start = 1 for the offset
+  cosine, whose gamma(1) is 0 to float precision)."""
+  t_now, t_next = (np.asarray(a, np.float64)
+                   for a in samplers.time_grid(steps, td, t_end, t_start))
+  g_start = gamma64(spec, t_start) if t_start < 1.0 else 0.0
+  m = np.sqrt(g_start) * b * mu
+  v = g_start * b**2 * s**2 + 1 - g_start
   for gn, gx in zip(gamma64(spec, t_now), gamma64(spec, t_next)):
     a = np.sqrt(gn) * b**2 * s**2 / (gn * b**2 * s**2 + 1 - gn)  # x0-hat = a x + c.
     c = b * mu - a * np.sqrt(gn) * b * mu
@@ -152,6 +158,23 @@ def test_t_end_returns_the_marginal_state(sampler):
   assert not np.allclose(x0, x_t)
 
 
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_t_start_continues_from_a_partly_noised_state(sampler):
+  """Started from the exact marginal at t_start = 0.5 (as SDEdit starts from noised real
+  images), the remaining steps reproduce the data law."""
+  t_start, b = 0.5, 1.0
+  g = gamma64("cosine", t_start)
+  k1, k2, k3 = jax.random.split(jax.random.PRNGKey(3), 3)
+  x0 = MU + S * np.asarray(jax.random.normal(k1, (N, len(MU))), np.float64)
+  x_t = np.sqrt(g) * b * x0 + np.sqrt(1 - g) * np.asarray(jax.random.normal(k2, x0.shape))
+  out = jax.jit(functools.partial(
+      samplers.sample, optimal_denoiser(MU, S, b, "eps"), gamma_fn=schedules.gamma_fn("cosine"),
+      steps=STEPS, sampler=sampler, input_scale=b, pred_type="eps", clip_x0=False,
+      t_start=t_start))(jnp.asarray(x_t, jnp.float32), k3)
+  exact, exact_1000 = ([m[0], m[1]] for m in _exact(sampler, "cosine", b, t_start=t_start))
+  _check_moments(np.asarray(out.x0, np.float64), MU, S**2, exact, exact_1000, MAX_BIAS["cosine"])
+
+
 def test_time_grid():
   t_now, t_next = samplers.time_grid(10)
   i = np.arange(10)
@@ -164,7 +187,12 @@ def test_time_grid():
   np.testing.assert_allclose(t_now, 1 - i / 8 * 0.8, atol=1e-7)
   np.testing.assert_allclose(t_next, np.maximum(1 - (i + 1.5) / 8 * 0.8, 0.2), atol=1e-7)
   assert t_now[0] == 1.0 and t_next[-1] == pytest.approx(0.2)
-  for bad in (dict(steps=0), dict(steps=2.0), dict(steps=4, t_end=1.0), dict(steps=4, td=-1.0)):
+  t_now, t_next = samplers.time_grid(5, t_start=0.5, t_end=0.1)
+  np.testing.assert_allclose(t_now, [0.5, 0.42, 0.34, 0.26, 0.18], atol=1e-7)
+  np.testing.assert_allclose(t_next, [0.42, 0.34, 0.26, 0.18, 0.1], atol=1e-7)
+  for bad in (dict(steps=0), dict(steps=2.0), dict(steps=4, t_end=1.0), dict(steps=4, td=-1.0),
+              dict(steps=4, t_start=0.0), dict(steps=4, t_start=1.5),
+              dict(steps=4, t_start=0.3, t_end=0.3)):
     with pytest.raises(ValueError):
       samplers.time_grid(**bad)
 

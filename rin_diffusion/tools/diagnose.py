@@ -2,7 +2,8 @@ r"""Diagnostics of a trained RIN: are its latents distinct, does it know where p
 how does one sample form? One JSON line on stdout; optionally a trajectory grid.
 
   python -m rin_diffusion.tools.diagnose --config=configs/fashion_mnist.py \
-      --workdir=workdir/fashion_mnist [--locality] [--trajectory=traj.png] [--config.<field>=...]
+      --workdir=workdir/fashion_mnist [--locality] [--trajectory=traj.png] \
+      [--renoise=0.5 --renoise_output=renoised.npz] [--config.<field>=...]
   python -m rin_diffusion.tools.diagnose --config=configs/fashion_mnist.py --workdir=init
 
 --workdir=init probes the parameters a run of this config starts from instead of a checkpoint.
@@ -24,6 +25,14 @@ how does one sample form? One JSON line on stdout; optionally a trajectory grid.
   split (x0-hat = mu + sqrt(g) S (g S + (1 - g) I)^-1 (x_t - sqrt(g) mu) in the input-scaled
   units): the shares a denoiser should reach if it used no more than second-order statistics. A
   model far more local than that decides each patch from its own noisy pixels.
+* renoise (--renoise=t --renoise_output=out.npz): the first renoise_images test images noised to
+  t of the inference schedule, then finished by the config's FID sampler from t down to 0 (with
+  round(fid_steps * t) steps, so each step is as long as in a full run; guidance
+  config.sampling.fid_guidance; each image conditioned on its true class), written as uint8 for
+  `python -m rin_diffusion.tools.fid`. The layout of the result is the real image's; its detail
+  is the model's. FID of these against the reference, next to the FID of full samples, splits
+  the gap into what goes wrong above t (layout) and below it (detail). SDEdit (Meng et al. 2022)
+  uses the same construction for editing.
 * --trajectory: the EMA model's x0 prediction along one DDIM trajectory of the config's
   fid_steps (2 samples per class as rows; columns t = 0.9, 0.8, ..., 0.2, 0): the grid is the
   same, the sampler just stops at t_end, so column k is the x0-hat the full run holds there.
@@ -50,6 +59,11 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:ar
 _WORKDIR = flags.DEFINE_string("workdir", None, "Trainer workdir (EMA parameters), or 'init'.")
 _TRAJECTORY = flags.DEFINE_string("trajectory", "", "Write the x0-hat trajectory grid (PNG) here.")
 _LOCALITY = flags.DEFINE_bool("locality", False, "Also measure the Jacobian locality (slower).")
+_RENOISE = flags.DEFINE_float(
+    "renoise", 0.0, "Also noise test images to this t and run the FID sampler from there (0: off).")
+_RENOISE_OUTPUT = flags.DEFINE_string(
+    "renoise_output", "", "Where --renoise writes its images (uint8 .npz, for tools/fid).")
+_RENOISE_IMAGES = flags.DEFINE_integer("renoise_images", 1000, "Test images --renoise starts from.")
 
 NOISE_LEVELS = (0.9, 0.6, 0.3)
 TRAJECTORY_T = (0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.0)
@@ -171,6 +185,10 @@ def main(argv: Sequence[str]) -> None:
   if _LOCALITY.value:
     result["locality"] = _locality(model, params, config, x0, onehot, labels[:NUM_IMAGES])
 
+  if _RENOISE.value:
+    result["renoise"] = _renoise(model, params, config, _RENOISE.value, _RENOISE_IMAGES.value,
+                                 _RENOISE_OUTPUT.value)
+
   if _TRAJECTORY.value:
     steps = int(config.sampling.fid_steps)
     rows = np.repeat(np.arange(max(int(mcfg.num_classes), 1)), 2).astype(np.int32)
@@ -188,6 +206,44 @@ def main(argv: Sequence[str]) -> None:
                             "rows": "2 samples per class"}
   json.dump(result, sys.stdout)
   sys.stdout.write("\n")
+
+
+def _renoise(model, params, config, t_start: float, count: int, path: str) -> dict:
+  """Test images noised to t_start and sampled from there; written to `path` as uint8 .npz."""
+  if not 0.0 < t_start <= 1.0:
+    raise ValueError(f"--renoise={t_start!r}: allowed 0 < t <= 1 (0 turns it off).")
+  if not path.endswith(".npz"):
+    raise ValueError(f"--renoise_output={path!r}: --renoise needs a .npz path for its images.")
+  if int(config.model.extra_in_channels):
+    raise ValueError("--renoise needs a base model; this config's model has "
+                     f"config.model.extra_in_channels={config.model.extra_in_channels}.")
+  images, labels = classifier.load_split(config.dataset, "test")
+  if not 0 < count <= len(images):
+    raise ValueError(f"--renoise_images={count}: allowed 1 to {len(images)} (the test split).")
+  dcfg, sampling = config.diffusion, config.sampling
+  steps = max(1, int(round(int(sampling.fid_steps) * t_start)))
+  gamma_fn = schedules.gamma_fn(dcfg.infer_schedule)
+
+  @jax.jit
+  def finish(x0, batch_labels, key):
+    noise_key, sample_key = jax.random.split(key)
+    gamma = gamma_fn(jnp.full((x0.shape[0],), t_start, jnp.float32))
+    x_t = diffusion.add_noise(x0, gamma, jax.random.normal(noise_key, x0.shape),
+                              float(dcfg.input_scale))
+    out = generate.sample_output(
+        model, config, params, sample_key, batch_labels, sampler=sampling.fid_sampler,
+        steps=steps, guidance=float(sampling.fid_guidance), noise=x_t, t_start=t_start)
+    return out.x0 * 0.5 + 0.5
+
+  batch = int(config.eval_batch_size)
+  finished = []
+  for start in range(0, count, batch):
+    x0 = jnp.asarray(images[start:start + batch], jnp.float32) / 127.5 - 1.0
+    finished.append(generate.to_uint8(np.asarray(finish(
+        x0, jnp.asarray(labels[start:start + batch]), jax.random.key(start)))))
+  np.savez(path, images=np.concatenate(finished)[:count])
+  return {"t": t_start, "images": count, "steps": steps, "sampler": sampling.fid_sampler,
+          "guidance": float(sampling.fid_guidance), "path": path}
 
 
 def _locality(model, params, config, x0: jax.Array, onehot, labels: np.ndarray) -> dict:
