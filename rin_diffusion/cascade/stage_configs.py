@@ -434,7 +434,7 @@ def fashion_mnist_stage(arg: str = "") -> ml_collections.ConfigDict:
     c.log_every_steps = 50
   # The recipe the demo cascade was measured with (README). The 32x32 demo has since moved to the
   # plain v loss (docs/demo_diagnosis.md row 11), to batch 32, to the local stem and output kernels
-  # and to guidance 2 (rows 17, 23 and 25); the cascade has not been re-measured with them.
+  # and to guidance 3 (rows 17, 23 and 26); the cascade has not been re-measured with them.
   c.diffusion.loss_weighting = "min_snr"
   c.model.stem_overlap = 0
   c.model.out_kernel = 1
