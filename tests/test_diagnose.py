@@ -121,7 +121,6 @@ def test_tool_renoise_finishes_real_images_from_t(tmp_path, t, close):
   almost nothing to do (even a fresh network's prediction is weighted by sqrt(1 - gamma) ~ 0.03),
   so the results are the test images to within a few grey levels; from t = 1 they are pure
   samples, unrelated to them."""
-  from rin_diffusion import paper_configs  # noqa: PLC0415
   from rin_diffusion.evaluation import classifier  # noqa: PLC0415
 
   data_flags = tu.data_flags(str(tmp_path / "data"))
@@ -136,11 +135,8 @@ def test_tool_renoise_finishes_real_images_from_t(tmp_path, t, close):
   assert renoise["images"] == 16 and renoise["steps"] == (1 if t < 1 else 4)
   with np.load(output) as data:
     finished = data["images"]
-  config = paper_configs.load_config(f"{tu.TINY_CONFIG}:tiny")
-  for flag in data_flags:  # --config.dataset.<field>=<value>
-    field, value = flag.removeprefix("--config.dataset.").split("=", 1)
-    config.dataset[field] = value
-  real = classifier.load_split(config.dataset, "test")[0][:16]
+  dataset = tu.tiny_config(str(tmp_path / "data")).dataset  # The same fake data as data_flags.
+  real = classifier.load_split(dataset, "test")[0][:16]
   assert finished.shape == real.shape and finished.dtype == np.uint8
   error = np.abs(finished.astype(np.float64) - real).mean()
   assert (error < 6.0) if close else (error > 30.0), error

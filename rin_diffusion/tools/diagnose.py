@@ -186,8 +186,8 @@ def main(argv: Sequence[str]) -> None:
     result["locality"] = _locality(model, params, config, x0, onehot, labels[:NUM_IMAGES])
 
   if _RENOISE.value:
-    result["renoise"] = _renoise(model, params, config, _RENOISE.value, _RENOISE_IMAGES.value,
-                                 _RENOISE_OUTPUT.value)
+    result["renoise"] = _renoise(model, params, config, images, labels, _RENOISE.value,
+                                 _RENOISE_IMAGES.value, _RENOISE_OUTPUT.value)
 
   if _TRAJECTORY.value:
     steps = int(config.sampling.fid_steps)
@@ -208,8 +208,9 @@ def main(argv: Sequence[str]) -> None:
   sys.stdout.write("\n")
 
 
-def _renoise(model, params, config, t_start: float, count: int, path: str) -> dict:
-  """Test images noised to t_start and sampled from there; written to `path` as uint8 .npz."""
+def _renoise(model, params, config, images: np.ndarray, labels: np.ndarray, t_start: float,
+             count: int, path: str) -> dict:
+  """Test images (uint8) noised to t_start and sampled from there; written to `path` as .npz."""
   if not 0.0 < t_start <= 1.0:
     raise ValueError(f"--renoise={t_start!r}: allowed 0 < t <= 1 (0 turns it off).")
   if not path.endswith(".npz"):
@@ -217,7 +218,6 @@ def _renoise(model, params, config, t_start: float, count: int, path: str) -> di
   if int(config.model.extra_in_channels):
     raise ValueError("--renoise needs a base model; this config's model has "
                      f"config.model.extra_in_channels={config.model.extra_in_channels}.")
-  images, labels = classifier.load_split(config.dataset, "test")
   if not 0 < count <= len(images):
     raise ValueError(f"--renoise_images={count}: allowed 1 to {len(images)} (the test split).")
   dcfg, sampling = config.diffusion, config.sampling
