@@ -33,15 +33,12 @@ from absl import app, flags  # noqa: E402
 from matmul_peak import measure_matmul_peak  # noqa: E402
 
 from rin_diffusion import flops, generate, sharding, train  # noqa: E402
+from rin_diffusion.cascade import stage  # noqa: E402
 
 
 def _compile_sampler(config: ml_collections.ConfigDict, model, mesh, steps: int, args: tuple):
   """The jitted sampler of `steps` steps, compiled for `args`; and its compile time."""
-  conditioning = None
-  if int(config.cascade.low_resolution):
-    from rin_diffusion.cascade import stage  # noqa: PLC0415 -- only for cascade stages.
-
-    conditioning = stage.conditioning(config)
+  conditioning = stage.conditioning_or_none(config)
   sampling = config.sampling
 
   def sample(params, key, labels, low_res):

@@ -33,6 +33,7 @@ from matmul_peak import measure_matmul_peak  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from rin_diffusion import config_lib, flops, sharding, train  # noqa: E402
+from rin_diffusion.cascade import stage  # noqa: E402
 
 MIN_TIMED = 10  # Every reported time is the median of at least this many timed runs.
 
@@ -143,11 +144,7 @@ def time_steps(config, steps: int, warmup: int = 1) -> dict[str, Any]:
   state = init_fn(int(config.seed))
   batch = {name: jax.device_put(jnp.zeros(spec.shape, spec.dtype), spec.sharding)
            for name, spec in train.batch_spec(config, mesh).items()}
-  conditioning = None
-  if int(config.cascade.low_resolution):
-    from rin_diffusion.cascade import stage  # noqa: PLC0415 -- only for cascade stages.
-
-    conditioning = stage.conditioning(config)
+  conditioning = stage.conditioning_or_none(config)
   step_fn = train.jit_train_step(model, tx, config, mesh, state_shardings, conditioning)
   start = time.perf_counter()
   step_fn = step_fn.lower(state, batch).compile()

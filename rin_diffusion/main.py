@@ -207,12 +207,10 @@ def main(argv):
   elif _MODE.value == "eval":
     eval_mode(config, _WORKDIR.value)
   else:
-    conditioning = None
-    if super_resolution:
-      from rin_diffusion.cascade import stage  # noqa: PLC0415 -- the CLI wires the cascade in.
+    from rin_diffusion.cascade import stage  # noqa: PLC0415 -- the CLI wires the cascade in.
 
-      conditioning = stage.conditioning(config)
-    train.train_and_evaluate(config, _WORKDIR.value, conditioning=conditioning)
+    train.train_and_evaluate(config, _WORKDIR.value,
+                             conditioning=stage.conditioning_or_none(config))
 
 
 def _one_line(message: str) -> str:

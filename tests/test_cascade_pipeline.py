@@ -48,7 +48,7 @@ def _train(spec: str, workdir: str, overrides: dict, total_steps: int | None = N
   config = _stage_config(spec, overrides)
   if total_steps is not None:
     config.total_steps = total_steps
-  conditioning = stage_lib.conditioning(config) if config.cascade.low_resolution else None
+  conditioning = stage_lib.conditioning_or_none(config)
   return train.train_and_evaluate(config, workdir, conditioning=conditioning)
 
 
@@ -154,6 +154,15 @@ def test_training_conditioning_levels_in_range_and_grid_unblurred():
   np.testing.assert_allclose(grid["extra_channels"],
                              jax.image.resize(z, (256, 32, 32, 1), "bicubic"), atol=1e-6)
   np.testing.assert_array_equal(grid["extra_gammas"], 1.0)
+
+
+def test_conditioning_or_none_only_for_super_resolution_stages():
+  assert isinstance(stage_lib.conditioning_or_none(paper_configs.load_config(SR)),
+                    train.Conditioning)
+  base = paper_configs.load_config(os.path.join(REPO, "configs", "fashion_mnist.py") + ":tiny")
+  assert stage_lib.conditioning_or_none(base) is None
+  with pytest.raises(ValueError, match="not a super-resolution stage"):
+    stage_lib.conditioning(base)
 
 
 def test_guidance_keeps_the_low_resolution_image_in_the_null_condition(cascade_dir):

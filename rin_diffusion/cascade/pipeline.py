@@ -193,8 +193,7 @@ def train_stages(pipeline: ml_collections.ConfigDict, workdir: str) -> None:
   (`python -m rin_diffusion.cascade --mode=train`). Every stage is checked before the first trains."""
   stages = load_stages(pipeline)
   for stage in stages:
-    conditioning = (stage_lib.conditioning(stage.config)
-                    if int(stage.config.cascade.low_resolution) else None)
+    conditioning = stage_lib.conditioning_or_none(stage.config)
     logging.info("cascade: training stage %r", stage.name)
     train.train_and_evaluate(stage.config, str(epath.Path(workdir) / stage.name),
                              conditioning=conditioning)

@@ -78,3 +78,9 @@ def conditioning(config: ml_collections.ConfigDict) -> train.Conditioning:
     return extra_inputs(z_s, level, config)
 
   return train.Conditioning(train=for_training, grid=for_grid)
+
+
+def conditioning_or_none(config: ml_collections.ConfigDict) -> train.Conditioning | None:
+  """conditioning(config) for a super-resolution stage, None for a base model (what the trainer,
+  the benchmarks and the planner take for any config)."""
+  return conditioning(config) if int(config.cascade.low_resolution) > 0 else None

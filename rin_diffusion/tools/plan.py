@@ -48,6 +48,7 @@ from jax.sharding import Mesh  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from rin_diffusion import config_lib, flops, sharding, train  # noqa: E402
+from rin_diffusion.cascade import stage  # noqa: E402
 
 GIB = 2 ** 30
 
@@ -185,11 +186,7 @@ def plan(config: ml_collections.ConfigDict, topology: Slice) -> dict[str, Any]:
   model, tx, _, abstract_state, state_shardings = train.build(config, mesh)
 
   batch = train.batch_spec(config, mesh)
-  conditioning = None
-  if int(config.cascade.low_resolution):
-    from rin_diffusion.cascade import stage  # noqa: PLC0415 -- only for cascade stages.
-
-    conditioning = stage.conditioning(config)
+  conditioning = stage.conditioning_or_none(config)
   step = train.jit_train_step(model, tx, config, mesh, state_shardings, conditioning)
   start = time.perf_counter()
   lowered = step.lower(abstract_state, batch)
