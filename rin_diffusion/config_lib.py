@@ -185,6 +185,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.sampling.fid_steps = 1000
   c.sampling.fid_guidance = 0.0  # Guidance weight for FID.
   c.sampling.td = 0.0
+  # Guide only the steps with t_lo < t <= t_hi (grids and FID alike); (0, 1) guides every step.
+  c.sampling.guidance_interval = (0.0, 1.0)
   # Carry the latents from one sampling step to the next (self-conditioning); False feeds zeros.
   c.sampling.self_condition = True
   c.sampling.num_samples = 64
@@ -323,6 +325,7 @@ def _validate_discrete(config: ml_collections.ConfigDict) -> None:
   """diffusion.timesteps and learned variances against the schedule, network and sampler."""
   from rin_diffusion import samplers, schedules  # noqa: PLC0415
 
+  samplers.check_guidance_interval(config.sampling.guidance_interval)
   dcfg = config.diffusion
   timesteps = dcfg.timesteps
   if isinstance(timesteps, bool) or not isinstance(timesteps, int) or timesteps < 0:

@@ -10,7 +10,9 @@ One step (spec-rin 6.2):
    the null-condition halves run as one 2B batch (x_t, gamma and hidden duplicated, cond and
    null_cond concatenated on axis 0) and pred = (1 + w) pred_cond - w pred_uncond in the raw output
    space; the hidden carried on is the conditional half's. With w == 0 (a Python number) there is a
-   single B call and null_cond is not used.
+   single B call and null_cond is not used. guidance_interval = (t_lo, t_hi) guides only the steps
+   with t_lo < t_now <= t_hi (Kynkaanniemi et al. 2024, "Applying guidance in a limited interval");
+   the other steps make the single conditional B call. The default (0, 1) guides every step.
 2. x0'-hat (clipped to [-b, b] when clip_x0) and eps-hat re-derived from it (truncate_noise=True).
 3. Update, with alpha = gamma_now / gamma_next and 1 - alpha computed as (gamma_next - gamma_now) /
    gamma_next, both clipped to [0, 1]:
@@ -88,6 +90,17 @@ def check_time_grid(steps: int, td: float = 0.0, t_end: float = 0.0, t_start: fl
     raise ValueError(f"config.sampling.td={td!r}; allowed: td > -1 (so that t_next < t_now)")
 
 
+def check_guidance_interval(interval) -> None:
+  """(t_lo, t_hi) with 0 <= t_lo < t_hi <= 1: the steps guided are those with t_lo < t <= t_hi."""
+  allowed = "allowed: (t_lo, t_hi) with 0 <= t_lo < t_hi <= 1, e.g. (0.0, 1.0) to guide every step"
+  try:
+    lo, hi = (float(v) for v in interval)
+  except (TypeError, ValueError):
+    raise ValueError(f"config.sampling.guidance_interval={interval!r}; {allowed}") from None
+  if not 0.0 <= lo < hi <= 1.0:
+    raise ValueError(f"config.sampling.guidance_interval={interval!r}; {allowed}")
+
+
 def time_grid(steps: int, td: float = 0.0, t_end: float = 0.0,
               t_start: float = 1.0) -> tuple[jax.Array, jax.Array]:
   """(t_now, t_next), each float32 of shape (steps,), of the uniform grid over [t_end, t_start]."""
@@ -108,7 +121,8 @@ def sample(denoise_fn: DenoiseFn, noise: jax.Array, key: jax.Array, *,
            input_scale: float = 1.0, pred_type: str = "eps", cond: PyTree = None,
            null_cond: PyTree = None, guidance: float = 0.0, td: float = 0.0,
            hidden_init: PyTree = None, clip_x0: bool = True, t_end: float = 0.0,
-           t_start: float = 1.0) -> SampleOutput:
+           t_start: float = 1.0,
+           guidance_interval: tuple[float, float] = (0.0, 1.0)) -> SampleOutput:
   """Runs the reverse process from `noise`, the state at t_start (pure noise at the default 1),
   down to t_end. A t_start < 1 continues from a partly noised image (SDEdit, Meng et al. 2022).
 
@@ -124,6 +138,8 @@ def sample(denoise_fn: DenoiseFn, noise: jax.Array, key: jax.Array, *,
   if isinstance(input_scale, (int, float)) and not input_scale > 0:
     raise ValueError(f"config.diffusion.input_scale={input_scale!r}; allowed: a number > 0")
   t_now, t_next = time_grid(steps, td, t_end, t_start)
+  check_guidance_interval(guidance_interval)
+  guide_lo, guide_hi = (float(v) for v in guidance_interval)
   x_init = jnp.asarray(noise, jnp.float32)
   batch = x_init.shape[0]
   tree_map = jax.tree_util.tree_map
@@ -139,9 +155,7 @@ def sample(denoise_fn: DenoiseFn, noise: jax.Array, key: jax.Array, *,
   channels = x_init.shape[-1]
   learned = sampler == "ddpm_learned"
 
-  def denoise(x, gamma, hidden):
-    if not use_guidance:
-      return denoise_fn(x, gamma, cond, hidden)
+  def guided(x, gamma, hidden):
     twice = lambda a: jnp.concatenate([a, a], axis=0)  # noqa: E731
     pred2, hidden2 = denoise_fn(twice(x), twice(gamma), both_conds, tree_map(twice, hidden))
     pred2 = jnp.asarray(pred2, jnp.float32)
@@ -149,6 +163,20 @@ def sample(denoise_fn: DenoiseFn, noise: jax.Array, key: jax.Array, *,
     if learned:
       pred = jnp.concatenate([pred[..., :channels], pred2[:batch, ..., channels:]], axis=-1)
     return pred, tree_map(lambda h: h[:batch], hidden2)
+
+  def unguided(x, gamma, hidden):
+    pred, hidden_out = denoise_fn(x, gamma, cond, hidden)
+    return jnp.asarray(pred, jnp.float32), hidden_out
+
+  def denoise(x, gamma, hidden, t=None):
+    if not use_guidance:
+      return denoise_fn(x, gamma, cond, hidden)
+    if t is None or (guide_lo, guide_hi) == (0.0, 1.0):
+      return guided(x, gamma, hidden)
+    # One branch runs per step, so steps outside the interval cost a single B call.
+    inside = jnp.logical_and(t > guide_lo, t <= guide_hi)
+    pred, hidden_out = jax.lax.cond(inside, guided, unguided, x, gamma, hidden)
+    return pred, hidden_out
 
   if hidden_init is None:
     gamma0 = jnp.zeros((batch,), jnp.float32)
@@ -159,7 +187,7 @@ def sample(denoise_fn: DenoiseFn, noise: jax.Array, key: jax.Array, *,
     x, hidden, step_key, _ = carry
     gamma_now = jnp.asarray(gamma_fn(t_pair[0]), jnp.float32)
     gamma_next = jnp.asarray(gamma_fn(t_pair[1]), jnp.float32)
-    pred, hidden_out = denoise(x, jnp.full((batch,), gamma_now), hidden)
+    pred, hidden_out = denoise(x, jnp.full((batch,), gamma_now), hidden, t_pair[0])
     hidden_out = tree_map(lambda h, c: jnp.asarray(h, c.dtype), hidden_out, hidden)
     pred = jnp.asarray(pred, jnp.float32)
     if learned:

@@ -244,6 +244,45 @@ def test_guidance_default_null_condition_is_zeros():
                     gamma_fn=schedules.gamma_fn("linear"), steps=1, guidance=2.0)
 
 
+def test_guidance_interval_guides_only_the_steps_inside_it():
+  """(0.6, 1] on a 4-step grid guides t = 1 and 0.75 only: the same as a guided 2-step run to
+  t = 0.5 finished by an unguided 2-step run from there."""
+  batch, dim, guidance = 4, 3, 2.5
+  k1, k2, k3 = jax.random.split(jax.random.PRNGKey(3), 3)
+  noise = jax.random.normal(k1, (batch, dim))
+  cond = {"label": jax.random.normal(k2, (batch, dim))}
+  null_cond = {"label": jax.random.normal(k3, (batch, dim))}
+
+  def denoise_fn(x_t, gamma, cond, hidden):  # An x0 head that depends on gamma and the label.
+    return 0.5 * jnp.sqrt(gamma)[:, None] * x_t + cond["label"], hidden
+
+  kw = dict(gamma_fn=schedules.gamma_fn("cosine"), sampler="ddim", pred_type="x0", cond=cond,
+            null_cond=null_cond, clip_x0=False)
+  key = jax.random.PRNGKey(0)
+  out = samplers.sample(denoise_fn, noise, key, steps=4, guidance=guidance,
+                        guidance_interval=(0.6, 1.0), **kw)
+  first = samplers.sample(denoise_fn, noise, key, steps=2, guidance=guidance, t_end=0.5, **kw)
+  want = samplers.sample(denoise_fn, first.x_t, key, steps=2, guidance=0.0, t_start=0.5, **kw)
+  np.testing.assert_allclose(out.x0, want.x0, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(out.x_t, want.x_t, rtol=1e-5, atol=1e-6)
+  # And it is neither the guided nor the unguided run.
+  for w in (guidance, 0.0):
+    other = samplers.sample(denoise_fn, noise, key, steps=4, guidance=w, **kw)
+    assert np.abs(np.asarray(other.x0 - out.x0)).max() > 1e-2
+
+
+@pytest.mark.parametrize("interval", [(0.5, 0.5), (0.6, 0.2), (-0.1, 1.0), (0.0, 1.5), (0.3,),
+                                      "a"])
+def test_guidance_interval_bad_values(interval):
+  with pytest.raises(ValueError) as info:
+    samplers.sample(_linear_cond_fn([]), jnp.ones((2, 3)), jax.random.PRNGKey(0),
+                    gamma_fn=schedules.gamma_fn("cosine"), steps=2, sampler="ddim",
+                    cond={"label": jnp.ones((2, 3))}, guidance=1.0, guidance_interval=interval)
+  assert str(info.value) == (
+      f"config.sampling.guidance_interval={interval!r}; allowed: (t_lo, t_hi) with "
+      "0 <= t_lo < t_hi <= 1, e.g. (0.0, 1.0) to guide every step")
+
+
 def _counting_fn(x_t, gamma, cond, hidden):
   """pred (an x0 head) = the hidden it was given; hidden_out = hidden + cond marker.
 
