@@ -305,6 +305,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.optimizer.warmup_steps={value!r}: must be an integer >= 0.")
   optim.learning_rate_schedule(config)  # Raises on a malformed config.optimizer.decay.
   samplers.check_time_grid(config.sampling.steps, config.sampling.td)  # Raises on bad steps or td.
+  samplers.check_guidance_interval(config.sampling.guidance_interval)
   value = config.sampling.num_samples
   if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
     raise ValueError(f"config.sampling.num_samples={value!r}: must be a positive integer.")
@@ -325,7 +326,6 @@ def _validate_discrete(config: ml_collections.ConfigDict) -> None:
   """diffusion.timesteps and learned variances against the schedule, network and sampler."""
   from rin_diffusion import samplers, schedules  # noqa: PLC0415
 
-  samplers.check_guidance_interval(config.sampling.guidance_interval)
   dcfg = config.diffusion
   timesteps = dcfg.timesteps
   if isinstance(timesteps, bool) or not isinstance(timesteps, int) or timesteps < 0:

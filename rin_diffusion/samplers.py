@@ -90,8 +90,8 @@ def check_time_grid(steps: int, td: float = 0.0, t_end: float = 0.0, t_start: fl
     raise ValueError(f"config.sampling.td={td!r}; allowed: td > -1 (so that t_next < t_now)")
 
 
-def check_guidance_interval(interval) -> None:
-  """(t_lo, t_hi) with 0 <= t_lo < t_hi <= 1: the steps guided are those with t_lo < t <= t_hi."""
+def check_guidance_interval(interval) -> tuple[float, float]:
+  """(t_lo, t_hi) as floats, checked: 0 <= t_lo < t_hi <= 1 (the steps guided: t_lo < t <= t_hi)."""
   allowed = "allowed: (t_lo, t_hi) with 0 <= t_lo < t_hi <= 1, e.g. (0.0, 1.0) to guide every step"
   try:
     lo, hi = (float(v) for v in interval)
@@ -99,6 +99,7 @@ def check_guidance_interval(interval) -> None:
     raise ValueError(f"config.sampling.guidance_interval={interval!r}; {allowed}") from None
   if not 0.0 <= lo < hi <= 1.0:
     raise ValueError(f"config.sampling.guidance_interval={interval!r}; {allowed}")
+  return lo, hi
 
 
 def time_grid(steps: int, td: float = 0.0, t_end: float = 0.0,
@@ -138,8 +139,7 @@ def sample(denoise_fn: DenoiseFn, noise: jax.Array, key: jax.Array, *,
   if isinstance(input_scale, (int, float)) and not input_scale > 0:
     raise ValueError(f"config.diffusion.input_scale={input_scale!r}; allowed: a number > 0")
   t_now, t_next = time_grid(steps, td, t_end, t_start)
-  check_guidance_interval(guidance_interval)
-  guide_lo, guide_hi = (float(v) for v in guidance_interval)
+  guide_lo, guide_hi = check_guidance_interval(guidance_interval)
   x_init = jnp.asarray(noise, jnp.float32)
   batch = x_init.shape[0]
   tree_map = jax.tree_util.tree_map
