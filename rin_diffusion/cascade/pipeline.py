@@ -44,6 +44,7 @@ from etils import epath
 from rin_diffusion import (
   checkpointing,
   config_lib,
+  fileio,
   generate,
   paper_configs,
   samplers,
@@ -312,9 +313,7 @@ class _Store:
     path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
-    tmp = path.parent / (path.name + ".tmp")
-    tmp.write_bytes(buffer.getvalue())
-    tmp.rename(path)  # A batch file is complete or absent.
+    fileio.write_bytes_atomically(path, buffer.getvalue())  # A batch file is complete or absent.
 
 
 def run(pipeline: ml_collections.ConfigDict, workdir: str, output: str = "") -> dict[str, Any]:

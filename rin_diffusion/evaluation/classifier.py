@@ -30,6 +30,8 @@ import numpy as np
 import optax
 from etils import epath
 
+from rin_diffusion import fileio
+
 # The datasets the classifier is built for (configs with eval.cas=True must use one of them).
 DATASETS = ("fashion_mnist", "fashion_mnist_local")
 VERSION = 1
@@ -164,9 +166,7 @@ def _save(params: Any, path: str, metadata: dict[str, float]) -> None:
   np.savez(buffer, **flat, **{f"meta:{k}": np.asarray(v) for k, v in metadata.items()})
   target = epath.Path(path)
   target.parent.mkdir(parents=True, exist_ok=True)
-  temporary = target.parent / (target.name + f".tmp{os.getpid()}")
-  temporary.write_bytes(buffer.getvalue())
-  temporary.rename(target)  # Atomic: a reader never sees half a file.
+  fileio.write_bytes_atomically(target, buffer.getvalue())
 
 
 def _load(path: str, template: Any) -> tuple[Any, dict[str, float]]:

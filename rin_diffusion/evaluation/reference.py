@@ -33,6 +33,7 @@ import numpy as np
 from etils import epath
 from PIL import Image
 
+from rin_diffusion import fileio
 from rin_diffusion.evaluation import inception as inception_lib
 from rin_diffusion.evaluation import metrics
 
@@ -209,8 +210,6 @@ def reference_statistics(source: str, *, image_size: int | None, num_images: int
   buffer = io.BytesIO()
   np.savez(buffer, mu=mu, sigma=sigma, features=features, num_images=len(indices),
            key=np.asarray(json.dumps(key, sort_keys=True)))
-  tmp = path.parent / (path.name + ".tmp")
-  tmp.write_bytes(buffer.getvalue())
-  tmp.rename(path)
+  fileio.write_bytes_atomically(path, buffer.getvalue())
   return {"mu": mu, "sigma": sigma, "features": features, "num_images": len(indices),
           "description": description}
