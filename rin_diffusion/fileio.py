@@ -9,13 +9,15 @@ from etils import epath
 
 
 def write_bytes_atomically(path: epath.PathLike, data: bytes) -> None:
-  """Writes `data` to `path` through a temporary file of its own, then replaces `path`.
+  """Writes `data` to `path` (creating its folder) through a temporary file of its own, then
+  replaces `path`.
 
   Two processes that build the same cache entry at once (two runs evaluating against the same
   reference statistics) each write their own temporary file, and the last replace wins; a
   reader sees the old file or a whole new one, never a partial one.
   """
   path = epath.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
   temporary = path.parent / f"{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
   try:
     temporary.write_bytes(data)

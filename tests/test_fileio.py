@@ -38,6 +38,12 @@ def test_concurrent_writers_all_succeed_and_leave_one_whole_file(tmp_path):
   assert [p.name for p in tmp_path.iterdir()] == ["stats.npz"]
 
 
+def test_creates_the_folder(tmp_path):
+  path = tmp_path / "cache" / "nested" / "stats.npz"
+  fileio.write_bytes_atomically(path, b"data")
+  assert path.read_bytes() == b"data"
+
+
 def test_a_failed_write_keeps_the_old_file(tmp_path):
   path = tmp_path / "stats.npz"
   fileio.write_bytes_atomically(path, b"good")

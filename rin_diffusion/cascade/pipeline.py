@@ -310,7 +310,6 @@ class _Store:
     if not self.write:
       return
     path = self.path(stage, branch, batch_index)
-    path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     fileio.write_bytes_atomically(path, buffer.getvalue())  # A batch file is complete or absent.

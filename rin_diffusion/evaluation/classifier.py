@@ -164,9 +164,7 @@ def _save(params: Any, path: str, metadata: dict[str, float]) -> None:
           for p, v in jax.tree_util.tree_flatten_with_path(params)[0]}
   buffer = io.BytesIO()
   np.savez(buffer, **flat, **{f"meta:{k}": np.asarray(v) for k, v in metadata.items()})
-  target = epath.Path(path)
-  target.parent.mkdir(parents=True, exist_ok=True)
-  fileio.write_bytes_atomically(target, buffer.getvalue())
+  fileio.write_bytes_atomically(path, buffer.getvalue())
 
 
 def _load(path: str, template: Any) -> tuple[Any, dict[str, float]]:

