@@ -160,6 +160,14 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
                             params_match=False) from None
       _quarantine(manager, step, error)
       continue
+    differences = config_differences(_saved_config(manager, step), config)
+    if differences:
+      # Legitimate (a longer run, another learning rate), but a user who reruns an old workdir
+      # after the defaults changed would otherwise not know that the run mixes two configs.
+      logging.warning("Resuming step %d of %s under a config that differs from the one it was "
+                      "saved with: %s.", step, manager.directory, _listed(
+                          [f"{k}: checkpoint {a}, this run {b}" for k, (a, b) in
+                           differences.items()]))
     position = int(restored["data"]["position"])
     return restored["state"], position
   return None

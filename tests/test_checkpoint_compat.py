@@ -8,6 +8,7 @@ A checkpoint that cannot be read is still moved to checkpoints_unreadable/ and t
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 
@@ -81,10 +82,16 @@ def test_other_optimizer_state_suggests_init_from(data_root, workdir):
   assert tu.snapshot(workdir) == before
 
 
-def test_fields_that_do_not_shape_the_state_resume(data_root, workdir):
+def test_fields_that_do_not_shape_the_state_resume(data_root, workdir, caplog):
   config = tu.tiny_config(data_root, total_steps=3, checkpoint_every_steps=3, log_every_steps=3,
                           keep_checkpoints=5)
-  state = train.train_and_evaluate(config, workdir)
+  with caplog.at_level(logging.WARNING):
+    state = train.train_and_evaluate(config, workdir)
+  # Resumed, and said so with each changed field and both values.
+  warnings = [r.getMessage() for r in caplog.records if "Resuming step 2" in r.getMessage()]
+  assert len(warnings) == 1
+  assert "total_steps: checkpoint 2, this run 3" in warnings[0]
+  assert "keep_checkpoints: checkpoint" in warnings[0]
   assert int(state["step"]) == 3
   assert [r["step"] for r in tu.read_metrics(workdir)] == [1, 2, 3]
   assert not os.path.exists(os.path.join(workdir, "checkpoints_unreadable"))
