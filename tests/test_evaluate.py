@@ -200,10 +200,12 @@ def test_in_loop_evaluation_keeps_the_best_checkpoint_across_restarts(tmp_path, 
     return tu.tiny_config(data_root, total_steps=total_steps, checkpoint_every_steps=2,
                           eval_every_steps=2, eval_num_samples=num_samples, eval__cas=False)
 
-  train.train_and_evaluate(config(4), workdir)
+  first = config(4)
+  train.train_and_evaluate(first, workdir)
   # The run ends with the last evaluation summarised on stdout (what `make demo` shows last).
   printed = capsys.readouterr().out.strip().splitlines()
-  assert printed[-1].startswith(f"Evaluation at step 4: {num_samples} samples (ddim, ")
+  sampler = f"{first.sampling.fid_sampler}, {first.sampling.fid_steps} steps"
+  assert printed[-1].startswith(f"Evaluation at step 4: {num_samples} samples ({sampler}, ")
   assert f"FID {FEATURES * 1.0:.1f}" in printed[-1] and "CAS" not in printed[-1]
   train.train_and_evaluate(config(6), workdir)
 
@@ -211,7 +213,7 @@ def test_in_loop_evaluation_keeps_the_best_checkpoint_across_restarts(tmp_path, 
   assert [r["step"] for r in evals] == [2, 4, 6]
   for record, shift in zip(evals, [2.0, 1.0, 1.5]):
     assert record["fid"] == pytest.approx(FEATURES * shift**2, rel=1e-5)
-    assert record["num_samples"] == num_samples and record["sampler"] == "ddim"
+    assert record["num_samples"] == num_samples and record["sampler"] == first.sampling.fid_sampler
   # Step 6 (FID 36) is worse than step 4 (FID 16): the restarted run must remember 16.
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints_best"))) == ["4"]
   with open(os.path.join(workdir, "checkpoints_best", "4", "eval", "metadata")) as f:
