@@ -165,9 +165,8 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
       # Legitimate (a longer run, another learning rate), but a user who reruns an old workdir
       # after the defaults changed would otherwise not know that the run mixes two configs.
       logging.warning("Resuming step %d of %s under a config that differs from the one it was "
-                      "saved with: %s.", step, manager.directory, _listed(
-                          [f"{k}: checkpoint {a}, this run {b}" for k, (a, b) in
-                           differences.items()]))
+                      "saved with: %s.", step, manager.directory,
+                      _listed(_changes(differences)))
     position = int(restored["data"]["position"])
     return restored["state"], position
   return None
@@ -258,10 +257,16 @@ def _listed(items: list[str], separator: str = "; ") -> str:
   return separator.join(items[:_MAX_LISTED]) + more
 
 
+def _changes(differences: dict[str, tuple[str, str]],
+             fields: list[str] | None = None) -> list[str]:
+  """'field: checkpoint A, this run B' for each of `fields` (default: every differing field)."""
+  return [f"{k}: checkpoint {differences[k][0]}, this run {differences[k][1]}"
+          for k in (differences if fields is None else fields)]
+
+
 def _explain(differences: dict[str, tuple[str, str]]) -> str:
   """The config differences, those that can change the state's arrays first and with values."""
-  shaping = [f"{k}: checkpoint {a}, this run {b}" for k, (a, b) in differences.items()
-             if k.startswith(_STATE_FIELDS)]
+  shaping = _changes(differences, [k for k in differences if k.startswith(_STATE_FIELDS)])
   others = [k for k in differences if not k.startswith(_STATE_FIELDS)]
   text = ""
   if shaping:
