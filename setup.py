@@ -17,6 +17,9 @@ CORE = [
     "importlib_resources>=6.0",
     "pillow>=10.0",
     "absl-py>=2.0",
+    # config.dataset.loader='grain': batches built in worker processes (no GIL shared with the
+    # training loop). Imported only by that loader.
+    "grain>=0.2.18",
 ]
 
 # clu's metric writers and periodic actions, and tfds' tf.data paths, need TensorFlow.
@@ -38,6 +41,7 @@ CI_PINS = [
     "pillow==13.0.0",
     "tensorflow-cpu==2.21.0",
     "tensorboard==2.21.0",
+    "grain==0.2.18",
 ]
 
 TEST = ["pytest>=8.0", "ruff>=0.6"]

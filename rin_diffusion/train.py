@@ -336,6 +336,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   batches = pipeline.make_iterator(config, source=source, start_step=start_step,
                                    process_index=jax.process_index(),
                                    process_count=jax.process_count())
+  logging.info("Batches: %r", batches)
   train_step = jit_train_step(model, tx, config, mesh, state_shardings, conditioning)
   sample_fn = None
   loop_eval = None
@@ -420,6 +421,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         loop_eval = evaluate.LoopEvaluation(config, model, mesh, workdir, writer)
       last_eval = loop_eval(state, step, batches.position)  # metrics.jsonl, writer, best ckpt.
 
+  batches.close()  # Stops the decoding threads or grain's worker processes.
   if loop_eval is not None:
     loop_eval.close()
   manager.wait_until_finished()

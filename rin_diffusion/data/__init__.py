@@ -2,6 +2,7 @@
 
 from rin_diffusion.data.pipeline import (
     BatchIterator,
+    BatchMaker,
     DatasetNotReadyError,
     TfdsSource,
     make_iterator,
@@ -12,6 +13,7 @@ from rin_diffusion.data.pipeline import (
 
 __all__ = [
     "BatchIterator",
+    "BatchMaker",
     "DatasetNotReadyError",
     "TfdsSource",
     "make_iterator",

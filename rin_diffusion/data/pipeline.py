@@ -31,6 +31,8 @@ PAD_DATASETS = ("fashion_mnist", fashion_mnist.NAME)
 # Tags that keep the permutation and flip random streams apart for the same seed.
 _PERMUTATION_STREAM = 0
 _FLIP_STREAM = 1
+# config.dataset.loader: decoding threads in this process, or grain worker processes.
+LOADERS = ("threads", "grain")
 
 
 class RandomAccessSource(Protocol):
@@ -53,12 +55,16 @@ def validate_dataset_config(dataset_config: ml_collections.ConfigDict) -> None:
       ("image_size", lambda v: v > 0, "a positive integer"),
       ("channels", lambda v: v in (1, 3), "1 or 3"),
       ("num_classes", lambda v: v >= 0, "an integer >= 0 (0: unconditional)"),
-      ("num_workers", lambda v: v >= 0, "an integer >= 0 (0: decode in the calling thread)"),
+      ("num_workers", lambda v: v >= 0,
+       "an integer >= 0 (threads, or grain processes; 0: decode in the calling thread)"),
   )
   for field, ok, allowed in checks:
     value = dc[field]
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not ok(value):
       raise ValueError(f"config.dataset.{field}={value!r}: must be {allowed}.")
+  loader = dc.get("loader", "threads")
+  if loader not in LOADERS:
+    raise ValueError(f"config.dataset.loader={loader!r}: must be one of {LOADERS}.")
   for field in ("data_dir", "manual_dir"):
     _check_directory(f"config.dataset.{field}", dc[field])
 
@@ -250,13 +256,12 @@ def slot_flip(seed: int, slot: int) -> bool:
   return bool(np.random.default_rng([_seed_words(seed), _FLIP_STREAM, int(slot)]).random() < 0.5)
 
 
-class BatchIterator:
-  """Yields this process's slice of the deterministic global batch for steps start_step, +1, ...
+class BatchMaker:
+  """The pure function step -> this process's slice of the deterministic global batch `step`.
 
-  `next(it)` -> {'image': float32 (local_batch, H, W, C), 'label': int32 (local_batch,)}.
-  `position` is the step the next `next()` returns; save it and pass it back as `start_step`.
-  The following batch is prepared in a background thread while the caller uses the current one;
-  what a step contains never depends on that, on `num_workers` or on the process layout.
+  `maker(step)` -> {'image': float32 (local_batch, H, W, C), 'label': int32 (local_batch,)} (plus
+  'low_res' for a super-resolution stage). It holds no threads, so it pickles into the worker
+  processes of a multi-process loader; `maker(step, pool)` decodes the images on a thread pool.
   """
 
   def __init__(
@@ -265,7 +270,6 @@ class BatchIterator:
       dataset_config: ml_collections.ConfigDict,
       global_batch_size: int,
       seed: int,
-      start_step: int = 0,
       process_index: int = 0,
       process_count: int = 1,
       low_resolution: int = 0,
@@ -281,8 +285,6 @@ class BatchIterator:
       raise ValueError(
           f"config.batch_size={global_batch_size} must be divisible by the process count "
           f"({process_count}).")
-    if start_step < 0:
-      raise ValueError(f"start_step={start_step}: must be >= 0.")
     self.source = source
     self.dataset_config = dataset_config
     self.global_batch_size = int(global_batch_size)
@@ -294,19 +296,15 @@ class BatchIterator:
     if self.num_examples == 0:
       raise ValueError(f"config.dataset: the source {source!r} has no examples.")
     self.low_resolution = int(low_resolution)
-    self._position = int(start_step)
+    self.__setstate__(self.__dict__)
+
+  def __getstate__(self) -> dict[str, Any]:
+    return {k: v for k, v in self.__dict__.items() if k not in ("_lock", "_permutations")}
+
+  def __setstate__(self, state: dict[str, Any]) -> None:
+    self.__dict__.update(state)
     self._permutations: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
     self._lock = threading.Lock()
-    workers = dataset_config.num_workers
-    self._decode_pool = (
-        concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="decode")
-        if workers > 0 else None)
-    self._prefetch_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="prefetch")
-    self._pending: tuple[int, concurrent.futures.Future] | None = None
-
-  @property
-  def position(self) -> int:
-    return self._position
 
   def _permutation(self, epoch: int) -> np.ndarray:
     with self._lock:
@@ -345,14 +343,12 @@ class BatchIterator:
                                          size=self.low_resolution)
     return item
 
-  def get_batch(self, step: int) -> dict[str, np.ndarray]:
-    """This process's slice of batch `step`; a pure function of (seed, step, batch size, layout)."""
-    indices, flips = self.indices_and_flips(step)
+  def __call__(self, step: int,
+               pool: concurrent.futures.Executor | None = None) -> dict[str, np.ndarray]:
+    indices, flips = self.indices_and_flips(int(step))
     items = list(zip(indices.tolist(), flips.tolist()))
-    if self._decode_pool is None:
-      loaded = [self._load(item) for item in items]
-    else:
-      loaded = list(self._decode_pool.map(self._load, items))
+    loaded = [self._load(item) for item in items] if pool is None else list(
+        pool.map(self._load, items))
     batch = {
         "image": np.stack([item["image"] for item in loaded]),
         "label": np.asarray([item["label"] for item in loaded], dtype=np.int32),
@@ -360,6 +356,61 @@ class BatchIterator:
     if self.low_resolution:
       batch["low_res"] = np.stack([item["low_res"] for item in loaded])
     return batch
+
+
+class BatchIterator:
+  """Yields this process's slice of the deterministic global batch for steps start_step, +1, ...
+
+  `next(it)` -> BatchMaker's batch of the next step. `position` is the step the next `next()`
+  returns; save it and pass it back as `start_step`. The following batch is prepared in a
+  background thread while the caller uses the current one, its images decoded by
+  `config.dataset.num_workers` threads; what a step contains never depends on that, on
+  `num_workers` or on the process layout.
+  """
+
+  def __init__(
+      self,
+      source: RandomAccessSource,
+      dataset_config: ml_collections.ConfigDict,
+      global_batch_size: int,
+      seed: int,
+      start_step: int = 0,
+      process_index: int = 0,
+      process_count: int = 1,
+      low_resolution: int = 0,
+  ):
+    self.maker = BatchMaker(source, dataset_config, global_batch_size, seed, process_index,
+                            process_count, low_resolution)
+    if start_step < 0:
+      raise ValueError(f"start_step={start_step}: must be >= 0.")
+    self.source = source
+    self.local_batch_size = self.maker.local_batch_size
+    self.low_resolution = self.maker.low_resolution
+    self._position = int(start_step)
+    workers = self.num_workers = int(dataset_config.num_workers)
+    self._decode_pool = (
+        concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="decode")
+        if workers > 0 else None)
+    self._prefetch_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="prefetch")
+    self._pending: tuple[int, concurrent.futures.Future] | None = None
+
+  def __repr__(self) -> str:
+    return (f"BatchIterator({self.num_workers} decoding threads, {self.source!r}, "
+            f"{self.local_batch_size} examples per step)")
+
+  @property
+  def position(self) -> int:
+    return self._position
+
+  def slots(self, step: int) -> np.ndarray:
+    return self.maker.slots(step)
+
+  def indices_and_flips(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+    return self.maker.indices_and_flips(step)
+
+  def get_batch(self, step: int) -> dict[str, np.ndarray]:
+    """This process's slice of batch `step`; a pure function of (seed, step, batch size, layout)."""
+    return self.maker(step, self._decode_pool)
 
   def __iter__(self) -> BatchIterator:
     return self
@@ -412,16 +463,26 @@ def make_iterator(
     process_count: int = 1,
     *,
     source: RandomAccessSource | None = None,
-) -> BatchIterator:
+) -> Any:
   """Batches `source` (default: make_source(config.dataset)) with config.batch_size and seed.
 
-  A super-resolution stage (config.cascade.low_resolution > 0) also gets 'low_res', float32
-  (local_batch, low, low, C): the same example through the same preprocessing at that size.
+  A BatchIterator, or with config.dataset.loader 'grain' a grain_loader.GrainBatchIterator (same
+  interface, same batches). A super-resolution stage (config.cascade.low_resolution > 0) also gets
+  'low_res', float32 (local_batch, low, low, C): the same example through the same preprocessing
+  at that size.
   """
+  validate_dataset_config(config.dataset)
   if source is None:
     source = make_source(config.dataset)
   cascade = config.get("cascade")
+  low_resolution = int(cascade.low_resolution) if cascade is not None else 0
+  if config.dataset.get("loader", "threads") == "grain":
+    from rin_diffusion.data import grain_loader  # noqa: PLC0415 -- grain is optional.
+
+    maker = BatchMaker(source, config.dataset, config.batch_size, config.seed, process_index,
+                       process_count, low_resolution)
+    return grain_loader.GrainBatchIterator(maker, start_step, config.dataset.num_workers)
   return BatchIterator(
       source, config.dataset, config.batch_size, config.seed,
       start_step=start_step, process_index=process_index, process_count=process_count,
-      low_resolution=int(cascade.low_resolution) if cascade is not None else 0)
+      low_resolution=low_resolution)
