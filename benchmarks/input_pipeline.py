@@ -32,11 +32,13 @@ MALLOC_ARENA_MAX=1 keeps freed memory mapped).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
 import statistics
 import sys
+import threading
 import time
 from typing import Any
 
@@ -55,6 +57,7 @@ DATASET_NAME = "rin_bench_jpeg_images"
 NUM_CLASSES = 10
 JPEG_QUALITY = 90
 NOISE_STD = 24.0  # Grey levels; with the two random fields gives ~115 KB at 500x375, quality 90.
+GRAIN_BUFFER = 2  # Batches each grain worker keeps ready (grain_loader's buffer_per_process).
 # (chips, hosts, bf16 peak FLOP/s per chip).
 PODS = {"v5e-256": (256, 64, 197e12), "v4-128": (64, 16, 275e12)}
 
@@ -66,6 +69,11 @@ _BATCHES = flags.DEFINE_integer("batches", 10, "Timed batches per (resolution, w
 _EXAMPLES = flags.DEFINE_integer("examples", 256, "Images in the generated dataset.")
 _SPLIT_IMAGES = flags.DEFINE_integer("split_images", 64, "Images in the single-thread cost split.")
 _SPLIT_ROUNDS = flags.DEFINE_integer("split_rounds", 3, "Cost split rounds (the fastest is kept).")
+_GIL_BATCHES = flags.DEFINE_integer("gil_batches", 4, "Batches a one-worker loader builds for the GIL probe.")
+_GIL_ROUNDS = flags.DEFINE_integer("gil_rounds", 3, "GIL probe rounds (each field: the median).")
+_LOADERS = flags.DEFINE_list(
+    "loaders", ["threads", "grain"],
+    "config.dataset.loader values to time; 'threads' (the baseline) always, 'grain' if installed.")
 _DATA_DIR = flags.DEFINE_string(
     "data_dir", "", "Where to build (or reuse) the dataset; '' = a temporary directory.")
 _GLOBAL_BATCH = flags.DEFINE_integer("global_batch", 1024, "Global training batch (the paper's).")
@@ -109,8 +117,12 @@ def bench_jpeg(index: int) -> bytes:
   return buffer.getvalue()
 
 
-class RinBenchJpegImages(tfds.core.GeneratorBasedBuilder):
-  """ImageNet-like JPEG images ('train' only); `NUM_EXAMPLES` is read when the dataset is built."""
+class RinBenchJpegImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """ImageNet-like JPEG images ('train' only); `NUM_EXAMPLES` is read when the dataset is built.
+
+  Not registered: the trainer's `tfds.builder(name, data_dir)` finds the prepared files, and grain
+  workers, which re-run this script as their main module, do not register the name twice.
+  """
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Synthetic JPEGs for benchmarks/input_pipeline.py."}
@@ -164,8 +176,10 @@ def prepare_dataset(data_dir: str, examples: int) -> dict[str, Any]:
 # Timing.
 
 
-def pipeline_config(data_dir: str, resolution: int, workers: int, batch: int):
+def pipeline_config(data_dir: str, resolution: int, workers: int, batch: int,
+                    loader: str = "threads"):
   config = config_lib.base_config()
+  config.dataset.loader = loader
   config.batch_size = batch
   config.dataset.name = DATASET_NAME
   config.dataset.data_dir = data_dir
@@ -182,11 +196,17 @@ def time_iterator(config, batches: int) -> dict[str, Any]:
 
   `images_per_s` is from the median batch time (robust to other processes on shared cores),
   `images_per_s_mean` from the total; `cpu_ms_per_image` is this process's CPU time (all threads)
-  over the timed batches per image: what an image costs in cores, whoever else uses them.
+  over the timed batches per image: what an image costs in cores, whoever else uses them. With
+  the grain loader the decoding happens in worker processes, so it is only what the trainer's
+  process pays per image (`trainer_process_cpu_ms_per_image`).
   """
   iterator = pipeline.make_iterator(config)
+  grain = config.dataset.loader == "grain"
   try:
-    batch = next(iterator)  # Warm-up: opens the source; starts prefetching the next batch.
+    # Warm-up: opens the source, starts the workers; grain's workers also fill their buffers
+    # (GRAIN_BUFFER batches each), drained here so the timed batches are the steady state.
+    for _ in range(1 + (GRAIN_BUFFER * config.dataset.num_workers if grain else 0)):
+      batch = next(iterator)
     size = config.dataset.image_size
     assert batch["image"].shape == (config.batch_size, size, size, 3), batch["image"].shape
     times, cpu_start = [], time.process_time()
@@ -201,7 +221,8 @@ def time_iterator(config, batches: int) -> dict[str, Any]:
       "images_per_s": round(config.batch_size / statistics.median(times), 1),
       "images_per_s_mean": round(batches * config.batch_size / sum(times), 1),
       "batch_ms_median": round(1e3 * statistics.median(times), 1),
-      "cpu_ms_per_image": round(1e3 * cpu_s / (batches * config.batch_size), 3),
+      ("trainer_process_cpu_ms_per_image" if grain else "cpu_ms_per_image"):
+          round(1e3 * cpu_s / (batches * config.batch_size), 3),
   }
 
 
@@ -257,6 +278,118 @@ def _cost_split_round(source, config, count: int) -> dict[str, float]:
       "of_which_to_float_ms": _ms_per_image(to_float_s, count),
       "stack_ms": _ms_per_image(stack_s, count),
   }
+
+
+def _gil_probe(stop: threading.Event, threshold_s: float, out: list[tuple[float, int]]) -> None:
+  """Spins in pure Python (which needs the GIL) and sums the gaps between its iterations that are
+  longer than `threshold_s`, and counts them: the time another thread held the GIL (or the OS
+  took the core), in how many stalls."""
+  clock = time.perf_counter
+  last, stalled, stalls = clock(), 0.0, 0
+  while not stop.is_set():
+    now = clock()
+    if now - last > threshold_s:
+      stalled += now - last
+      stalls += 1
+    last = now
+  out.append((stalled, stalls))
+
+
+def _probed(work, threshold_s: float) -> dict[str, float]:
+  """Wall s, calling thread's and process's CPU s (the probe's included), and the probe's stalled
+  s and stall count during work()."""
+  stop, out = threading.Event(), []
+  probe = threading.Thread(target=_gil_probe, args=(stop, threshold_s, out), daemon=True)
+  probe.start()
+  time.sleep(0.01)
+  wall, cpu, process_cpu = time.perf_counter(), time.thread_time(), time.process_time()
+  work()
+  wall, cpu = time.perf_counter() - wall, time.thread_time() - cpu
+  process_cpu = time.process_time() - process_cpu
+  stop.set()
+  probe.join()
+  return {"wall": wall, "cpu": cpu, "process_cpu": process_cpu, "stalled": out[0][0],
+          "stalls": out[0][1]}
+
+
+def _release_loop(calls: int = 200, size: int = 2_000_000) -> None:
+  """C calls that release the GIL for their whole work (hashlib on a large buffer) and hold it
+  for almost nothing in between: what each GIL hand-over costs the probe, with ~0 true hold."""
+  buffer = bytes(size)
+  for _ in range(calls):
+    hashlib.sha256(buffer)
+
+
+def gil_share(config, batches: int, threshold_s: float = 20e-6) -> dict[str, Any]:
+  """GIL time per image in the trainer's process while a one-worker loader builds `batches`.
+
+  A probe thread spins in pure Python (which needs the GIL) on the second core while the main
+  thread takes batches from the iterator (threads: one decoding thread; grain: one worker
+  process). The probe stalls only while another thread of this process holds the GIL (the default
+  5 ms switch interval hands it back and forth while both want it) or while the OS takes its core;
+  the second is the same probe beside a sleep with the loader closed, and is subtracted, and the
+  process's CPU time other than the probe's caps the result. Every
+  hand-over also costs the probe thread wake-ups that it counts as held, so `held_ms_per_image`
+  is an upper bound; `held_ms_per_image_low` subtracts, per stall, what a stall costs around C
+  calls that hold the GIL for ~nothing (`_release_loop`, measured in the same run), which on
+  known mixes of pure Python and GIL-free C comes out at or below the true hold. For threads it
+  bounds how far they scale: N decoding threads cannot exceed 1000 / held images/s however many
+  cores there are (`max_images_per_s_threads`, from the lower hold: the optimistic ceiling), and
+  the training loop, which needs the same GIL to dispatch every step, waits behind them. Needs 2
+  usable cores.
+  """
+  iterator = pipeline.make_iterator(config)
+  try:
+    next(iterator)  # Opens the files, starts the worker.
+
+    def work():
+      for _ in range(batches):
+        next(iterator)
+
+    loaded = _probed(work, threshold_s)
+  finally:
+    iterator.close()
+  idle = _probed(lambda: time.sleep(loaded["wall"]), threshold_s)
+  calibration = _probed(_release_loop, threshold_s)
+  per_stall_s = max(calibration["stalled"], 0.0) / max(calibration["stalls"], 1)
+  images = batches * config.batch_size
+  # Holding the GIL takes a running thread: the process's CPU time other than the probe's own
+  # (the probe runs whenever it is not stalled) caps it, which matters when the cores are
+  # oversubscribed and the OS, not the GIL, stalls the probe (grain's worker beside it at 1024).
+  others_cpu_s = max(loaded["process_cpu"] - (loaded["wall"] - loaded["stalled"]), 0.0)
+  held_s = min(max(loaded["stalled"] - idle["stalled"], 0.0), others_cpu_s)
+  held_ms = held_s * 1e3 / images
+  low_ms = max(held_s - loaded["stalls"] * per_stall_s, 0.0) * 1e3 / images
+  threads = config.dataset.loader == "threads"
+  return {
+      "loader": config.dataset.loader,
+      "workers": config.dataset.num_workers,
+      "images": images,
+      "held_ms_per_image": round(held_ms, 4),
+      "held_ms_per_image_low": round(low_ms, 4),
+      "stalls_per_image": round(loaded["stalls"] / images, 2),
+      "handover_us": round(per_stall_s * 1e6, 1),
+      # What N decoding threads could reach at most on unlimited cores: between these two.
+      "max_images_per_s_threads": round(1e3 / low_ms, 1) if low_ms and threads else None,
+      "max_images_per_s_threads_pessimistic": (
+          round(1e3 / held_ms, 1) if held_ms and threads else None),
+      "wall_ms_per_image_with_probe": round(loaded["wall"] * 1e3 / images, 4),
+      "main_thread_cpu_ms_per_image": round(loaded["cpu"] * 1e3 / images, 4),
+      "process_cpu_ms_per_image_without_probe": round(others_cpu_s * 1e3 / images, 4),
+      "probe_idle_stall_ms": round(idle["stalled"] * 1e3, 3),
+  }
+
+
+def median_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+  """Each numeric field's median over the rounds (others from the first); the held times too."""
+  result = dict(rounds[0], rounds=len(rounds))
+  for key, value in rounds[0].items():
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and all(
+        r[key] is not None for r in rounds):
+      result[key] = statistics.median(r[key] for r in rounds)
+  result["held_ms_per_image_by_round"] = [r["held_ms_per_image"] for r in rounds]
+  result["held_ms_per_image_low_by_round"] = [r["held_ms_per_image_low"] for r in rounds]
+  return result
 
 
 def memory_probe(megabytes: int = 256, rounds: int = 3) -> dict[str, Any]:
@@ -333,6 +466,15 @@ def step_seconds(count: int) -> list[float | None]:
 # ----------------------------------------------------------------------------------------------
 
 
+def _has_grain() -> bool:
+  try:
+    import grain  # noqa: F401, PLC0415
+  except ImportError:
+    log("grain is not installed: timing the threaded loader only")
+    return False
+  return True
+
+
 def log(message: str) -> None:
   print(f"[input_pipeline] {message}", file=sys.stderr, flush=True)
 
@@ -341,6 +483,7 @@ def run(data_dir: str) -> dict[str, Any]:
   resolutions = [int(r) for r in _RESOLUTIONS.value]
   cpu_count = os.cpu_count() or 1
   workers = sorted({int(w) for w in (_WORKERS.value or [1, 2, cpu_count])})
+  loaders = ["threads"] + (["grain"] if "grain" in _LOADERS.value and _has_grain() else [])
   log(f"building {_EXAMPLES.value} JPEGs in {data_dir}")
   dataset = prepare_dataset(data_dir, _EXAMPLES.value)
   log(f"dataset: {dataset}")
@@ -353,11 +496,23 @@ def run(data_dir: str) -> dict[str, Any]:
     split = cost_split(pipeline_config(data_dir, resolution, 0, _BATCH.value), _SPLIT_IMAGES.value,
                        _SPLIT_ROUNDS.value)
     log(f"{resolution}: single thread {split}")
-    measured = {}
+    gil = {}
+    if len(os.sched_getaffinity(0)) >= 2:
+      for loader in loaders:
+        gil[loader] = median_rounds([
+            gil_share(pipeline_config(data_dir, resolution, 1, _BATCH.value, loader),
+                      _GIL_BATCHES.value) for _ in range(_GIL_ROUNDS.value)])
+        log(f"{resolution}: GIL {gil[loader]}")
+    measured, measured_grain = {}, {}
     for count in workers:
-      measured[str(count)] = time_iterator(
-          pipeline_config(data_dir, resolution, count, _BATCH.value), _BATCHES.value)
-      log(f"{resolution}: {count} workers {measured[str(count)]}")
+      if "threads" in loaders:
+        measured[str(count)] = time_iterator(
+            pipeline_config(data_dir, resolution, count, _BATCH.value), _BATCHES.value)
+        log(f"{resolution}: {count} threads {measured[str(count)]}")
+      if "grain" in loaders:
+        measured_grain[str(count)] = time_iterator(
+            pipeline_config(data_dir, resolution, count, _BATCH.value, "grain"), _BATCHES.value)
+        log(f"{resolution}: {count} grain processes {measured_grain[str(count)]}")
     best_workers = max(measured, key=lambda w: measured[w]["images_per_s"])
     best = measured[best_workers]["images_per_s"]
     need = host_need(flops_per_image, step_s, _POD.value, override=True)
@@ -382,6 +537,14 @@ def run(data_dir: str) -> dict[str, Any]:
         "cpu_ms_per_image": cpu_ms,
         "cores_needed_from_cpu_time": None if needed is None else round(needed * cpu_ms / 1e3, 1),
         "single_thread": split,
+        "measured_grain": measured_grain,
+        "best_grain_images_per_s": max((m["images_per_s"] for m in measured_grain.values()),
+                                       default=None),
+        "gil": gil,
+        # Whether decoding threads could feed the host at all, with unlimited cores.
+        "threads_can_keep_up": (
+            None if needed is None or not gil.get("threads", {}).get("max_images_per_s_threads")
+            else gil["threads"]["max_images_per_s_threads"] >= needed),
         "other_pods": [{k: o[k] for k in ("pod", "needed_images_per_s_per_host")} for o in other],
     })
   load_after = os.getloadavg()
