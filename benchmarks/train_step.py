@@ -137,7 +137,7 @@ def sig(value: float | None, digits: int = 4) -> float | None:
   return None if value is None else float(f"{value:.{digits}g}")
 
 
-def time_steps(config, steps: int, warmup: int = 1) -> dict[str, Any]:
+def time_steps(config, steps: int, warmup: int = 1, profile_steps: int = 0) -> dict[str, Any]:
   """Median train-step time of `config` (a super-resolution stage gets its low-res inputs)."""
   mesh = sharding.make_mesh(config.mesh)
   model, tx, init_fn, _, state_shardings = train.build(config, mesh)
@@ -164,11 +164,66 @@ def time_steps(config, steps: int, warmup: int = 1) -> dict[str, Any]:
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - start)
   median = statistics.median(times)
-  return {"compile_s": compile_s, "step_ms": 1000 * median,
+  profile = op_time_shares(step_fn, state, batch, profile_steps) if profile_steps else None
+  return {"op_profile": profile, "compile_s": compile_s, "step_ms": 1000 * median,
           "images_per_s": config.batch_size / median, "timed_steps": len(times),
           "params": sum(x.size for x in jax.tree.leaves(state["params"])),
           "xla_flops_per_image": flops_per_image, "xla_flops_grad_accum_factor": accum,
           "gflops_per_image": flops_per_image / 1e9, **memory}
+
+
+# Coarse kinds of XLA ops, by name: matmul kernels (XLA:CPU's YNNPACK/XNNPACK/oneDNN fusions and
+# dots, GPU GEMMs and convolutions), copies and transposes (layout changes), and the rest
+# (elementwise and reduction fusions: norms, softmax, GELU, the optimizer).
+_MATMUL_WORDS = ("dot", "ynn", "xnn", "onednn", "gemm", "cublas", "convolution", "matmul")
+_COPY_WORDS = ("copy", "transpose")
+
+
+def op_kind(category: str) -> str:
+  lower = category.lower()
+  if any(word in lower for word in _MATMUL_WORDS):
+    return "matmul"
+  if any(word in lower for word in _COPY_WORDS):
+    return "copy_or_transpose"
+  return "other"
+
+
+def op_time_shares(step_fn, state, batch, steps: int) -> dict[str, Any]:
+  """Where a step's op time goes: `steps` steps traced with jax.profiler, every XLA op event's
+  duration summed by op name without its numeric suffix ('ynn_fusion.301' -> 'ynn_fusion') and
+  by coarse kind. Durations add over threads (CPU) or streams, so shares, not times, compare."""
+  import collections  # noqa: PLC0415
+  import glob  # noqa: PLC0415
+  import re  # noqa: PLC0415
+  import tempfile  # noqa: PLC0415
+
+  with tempfile.TemporaryDirectory(prefix="train_step_profile_") as trace_dir:
+    with jax.profiler.trace(trace_dir):
+      for _ in range(steps):
+        state, metrics = step_fn(state, batch)
+        jax.block_until_ready(metrics)
+    path = glob.glob(f"{trace_dir}/**/*.xplane.pb", recursive=True)[0]
+    data = jax.profiler.ProfileData.from_file(path)
+  by_category: collections.Counter[str] = collections.Counter()
+  for plane in data.planes:
+    for line in plane.lines:
+      # XLA:CPU runs ops on its Eigen threads; accelerators report them on "XLA Ops" lines.
+      if not (line.name.startswith("tf_XLAEigen") or line.name == "XLA Ops"):
+        continue
+      for event in line.events:
+        if event.name.startswith(("ThunkExecutor", "SlinkyThreadPool")):  # Scheduling, not ops.
+          continue
+        by_category[re.sub(r"[.\d]+$", "", event.name)] += event.duration_ns
+  total = sum(by_category.values()) or 1
+  by_kind: collections.Counter[str] = collections.Counter()
+  for category, ns in by_category.items():
+    by_kind[op_kind(category)] += ns
+  return {
+      "traced_steps": steps,
+      "op_ms_per_step": round(total / 1e6 / steps, 2),
+      "kind_shares": {k: round(v / total, 3) for k, v in by_kind.most_common()},
+      "top_op_shares": {k: round(v / total, 3) for k, v in by_category.most_common(12)},
+  }
 
 
 def environment() -> dict[str, Any]:
@@ -186,7 +241,7 @@ def main(argv: list[str]) -> None:
   config = load_config()
   # Measured first, while nothing else of this process holds the cores or the device.
   peak = measure_matmul_peak(jnp.dtype(config.model.dtype))
-  recipe = time_steps(config, steps, flags.FLAGS.warmup)
+  recipe = time_steps(config, steps, flags.FLAGS.warmup, flags.FLAGS.profile_steps)
   baseline = None
   if float(config.diffusion.self_cond_rate) > 0:  # Else (a U-Net) the recipe is the baseline.
     baseline_config = config.copy_and_resolve_references()
@@ -221,6 +276,7 @@ def main(argv: list[str]) -> None:
       "xla_argument_bytes": recipe["xla_argument_bytes"],
       "xla_temp_plus_argument_bytes": recipe["xla_temp_plus_argument_bytes"],
       **process_memory(),
+      "op_profile": recipe["op_profile"],
   }))
 
 
@@ -228,4 +284,6 @@ if __name__ == "__main__":
   define_flags()
   flags.DEFINE_integer("steps", MIN_TIMED, f"Timed steps per variant (at least {MIN_TIMED}).")
   flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation, per variant.")
+  flags.DEFINE_integer("profile_steps", 0, "Steps of the recipe to trace for `op_profile` "
+                       "(after the timed ones; 0: none).")
   app.run(main)
