@@ -16,7 +16,7 @@ import io
 import os
 import threading
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import ml_collections
 import numpy as np
@@ -24,6 +24,9 @@ import PIL.Image
 import tensorflow_datasets as tfds
 
 from rin_diffusion.data import fashion_mnist
+
+if TYPE_CHECKING:  # The loader imports this module; only the annotation needs it here.
+  from rin_diffusion.data import grain_loader
 
 # Datasets whose images are smaller than `image_size` are zero-padded (centred) instead of being
 # upsampled: Fashion-MNIST 28x28 -> 32x32 puts 2 black pixels on each side.
@@ -296,15 +299,19 @@ class BatchMaker:
     if self.num_examples == 0:
       raise ValueError(f"config.dataset: the source {source!r} has no examples.")
     self.low_resolution = int(low_resolution)
-    self.__setstate__(self.__dict__)
+    self._new_permutation_cache()
 
+  def _new_permutation_cache(self) -> None:
+    self._permutations: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
+    self._lock = threading.Lock()
+
+  # A lock does not pickle; each worker process builds its own cache.
   def __getstate__(self) -> dict[str, Any]:
     return {k: v for k, v in self.__dict__.items() if k not in ("_lock", "_permutations")}
 
   def __setstate__(self, state: dict[str, Any]) -> None:
     self.__dict__.update(state)
-    self._permutations: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
-    self._lock = threading.Lock()
+    self._new_permutation_cache()
 
   def _permutation(self, epoch: int) -> np.ndarray:
     with self._lock:
@@ -463,7 +470,7 @@ def make_iterator(
     process_count: int = 1,
     *,
     source: RandomAccessSource | None = None,
-) -> Any:
+) -> BatchIterator | grain_loader.GrainBatchIterator:
   """Batches `source` (default: make_source(config.dataset)) with config.batch_size and seed.
 
   A BatchIterator, or with config.dataset.loader 'grain' a grain_loader.GrainBatchIterator (same
@@ -477,7 +484,7 @@ def make_iterator(
   cascade = config.get("cascade")
   low_resolution = int(cascade.low_resolution) if cascade is not None else 0
   if config.dataset.get("loader", "threads") == "grain":
-    from rin_diffusion.data import grain_loader  # noqa: PLC0415 -- grain is optional.
+    from rin_diffusion.data import grain_loader  # noqa: PLC0415 -- it imports this module.
 
     maker = BatchMaker(source, config.dataset, config.batch_size, config.seed, process_index,
                        process_count, low_resolution)
