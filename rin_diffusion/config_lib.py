@@ -57,7 +57,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.dataset.random_flip = True
   # Who builds a host's batches: 'threads' (num_workers decoding threads in the trainer's process)
   # or 'grain' (num_workers grain worker processes, each building whole batches: no GIL shared
-  # with the training loop; pip install grain). Both give the same batches, bit for bit.
+  # with the training loop). Both give the same batches, bit for bit.
   c.dataset.loader = "threads"
   c.dataset.num_workers = 8  # Decoding threads, or worker processes with loader 'grain'.
   # Zero-padded datasets (Fashion-MNIST): the canvas the image is centred on before it is resized
