@@ -51,13 +51,12 @@ import tensorflow_datasets as tfds  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from rin_diffusion import config_lib, flops, paper_configs  # noqa: E402
-from rin_diffusion.data import pipeline  # noqa: E402
+from rin_diffusion.data import grain_loader, pipeline  # noqa: E402
 
 DATASET_NAME = "rin_bench_jpeg_images"
 NUM_CLASSES = 10
 JPEG_QUALITY = 90
 NOISE_STD = 24.0  # Grey levels; with the two random fields gives ~115 KB at 500x375, quality 90.
-GRAIN_BUFFER = 2  # Batches each grain worker keeps ready (grain_loader's buffer_per_process).
 # (chips, hosts, bf16 peak FLOP/s per chip).
 PODS = {"v5e-256": (256, 64, 197e12), "v4-128": (64, 16, 275e12)}
 
@@ -204,8 +203,9 @@ def time_iterator(config, batches: int) -> dict[str, Any]:
   grain = config.dataset.loader == "grain"
   try:
     # Warm-up: opens the source, starts the workers; grain's workers also fill their buffers
-    # (GRAIN_BUFFER batches each), drained here so the timed batches are the steady state.
-    for _ in range(1 + (GRAIN_BUFFER * config.dataset.num_workers if grain else 0)):
+    # (BUFFER_PER_PROCESS batches each), drained here so the timed batches are the steady state.
+    buffered = grain_loader.BUFFER_PER_PROCESS * config.dataset.num_workers if grain else 0
+    for _ in range(1 + buffered):
       batch = next(iterator)
     size = config.dataset.image_size
     assert batch["image"].shape == (config.batch_size, size, size, 3), batch["image"].shape

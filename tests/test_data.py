@@ -275,10 +275,11 @@ def _memory_config(random_flip=True, num_workers=0):
   return c
 
 
-def _iterator(n=10, batch=6, seed=3, **kwargs):
+def _iterator(n=10, batch=6, seed=3, start_step=0, **kwargs):
   flip_and_workers = {k: kwargs.pop(k) for k in ("random_flip", "num_workers") if k in kwargs}
-  return pipeline.BatchIterator(
+  maker = pipeline.BatchMaker(
       _ListSource(n), _memory_config(**flip_and_workers), batch, seed, **kwargs)
+  return pipeline.BatchIterator(maker, start_step)
 
 
 def _flipped(batch):

@@ -21,6 +21,8 @@ from rin_diffusion.data import pipeline
 
 # More steps than any run takes; grain's range dataset needs an end.
 _LAST_STEP = 1 << 60
+# Batches each worker keeps ready (benchmarks/input_pipeline.py drains them before timing).
+BUFFER_PER_PROCESS = 2
 
 
 def _import_grain():
@@ -35,7 +37,7 @@ class GrainBatchIterator:
   """Same interface as pipeline.BatchIterator: next(), position, close(), a context manager."""
 
   def __init__(self, maker: pipeline.BatchMaker, start_step: int, num_processes: int,
-               buffer_per_process: int = 2):
+               buffer_per_process: int = BUFFER_PER_PROCESS):
     if start_step < 0:
       raise ValueError(f"start_step={start_step}: must be >= 0.")
     grain = _import_grain()

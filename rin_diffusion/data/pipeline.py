@@ -5,7 +5,7 @@ p = s * global_batch + j (j < global_batch) reads example permutation(seed, epoc
 epoch = p // n, and its left-right flip is drawn from a generator seeded by (seed, p). Nothing
 depends on the process layout, the number of decoding threads or prefetching, so process k of K
 takes slots j in [k * local, (k + 1) * local) and the K local batches concatenate to the one-process
-batch. Resuming is `BatchIterator(..., start_step=saved_position)`.
+batch. Resuming is `BatchIterator(maker, start_step=saved_position)`.
 """
 
 from __future__ import annotations
@@ -375,26 +375,15 @@ class BatchIterator:
   `num_workers` or on the process layout.
   """
 
-  def __init__(
-      self,
-      source: RandomAccessSource,
-      dataset_config: ml_collections.ConfigDict,
-      global_batch_size: int,
-      seed: int,
-      start_step: int = 0,
-      process_index: int = 0,
-      process_count: int = 1,
-      low_resolution: int = 0,
-  ):
-    self.maker = BatchMaker(source, dataset_config, global_batch_size, seed, process_index,
-                            process_count, low_resolution)
+  def __init__(self, maker: BatchMaker, start_step: int = 0):
     if start_step < 0:
       raise ValueError(f"start_step={start_step}: must be >= 0.")
-    self.source = source
-    self.local_batch_size = self.maker.local_batch_size
-    self.low_resolution = self.maker.low_resolution
+    self.maker = maker
+    self.source = maker.source
+    self.local_batch_size = maker.local_batch_size
+    self.low_resolution = maker.low_resolution
     self._position = int(start_step)
-    workers = self.num_workers = int(dataset_config.num_workers)
+    workers = self.num_workers = int(maker.dataset_config.num_workers)
     self._decode_pool = (
         concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="decode")
         if workers > 0 else None)
@@ -408,9 +397,6 @@ class BatchIterator:
   @property
   def position(self) -> int:
     return self._position
-
-  def slots(self, step: int) -> np.ndarray:
-    return self.maker.slots(step)
 
   def indices_and_flips(self, step: int) -> tuple[np.ndarray, np.ndarray]:
     return self.maker.indices_and_flips(step)
@@ -478,18 +464,13 @@ def make_iterator(
   'low_res', float32 (local_batch, low, low, C): the same example through the same preprocessing
   at that size.
   """
-  validate_dataset_config(config.dataset)
   if source is None:
     source = make_source(config.dataset)
   cascade = config.get("cascade")
-  low_resolution = int(cascade.low_resolution) if cascade is not None else 0
+  maker = BatchMaker(source, config.dataset, config.batch_size, config.seed, process_index,
+                     process_count, int(cascade.low_resolution) if cascade is not None else 0)
   if config.dataset.get("loader", "threads") == "grain":
     from rin_diffusion.data import grain_loader  # noqa: PLC0415 -- it imports this module.
 
-    maker = BatchMaker(source, config.dataset, config.batch_size, config.seed, process_index,
-                       process_count, low_resolution)
     return grain_loader.GrainBatchIterator(maker, start_step, config.dataset.num_workers)
-  return BatchIterator(
-      source, config.dataset, config.batch_size, config.seed,
-      start_step=start_step, process_index=process_index, process_count=process_count,
-      low_resolution=low_resolution)
+  return BatchIterator(maker, start_step)
