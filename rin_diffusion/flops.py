@@ -11,7 +11,10 @@ The backward pass costs two products per forward product (gradient of the input 
 weight), except where the input needs no gradient: the patch-embedding convolution (its input is
 the noisy image), the first time-embedding layer (its input is a sinusoid of gamma) and the class
 projection (its input is a one-hot). Self-conditioning's first pass runs forward only, and its
-prediction is unused, so XLA removes the last write unit and the output projection from it.
+prediction is unused, so XLA removes the last write unit and the output projection from it; its
+patch embedding and time (and extra-level) embeddings are those of the second pass, computed once.
+With these rules the count equals the products XLA compiles into a train step exactly
+(tests/test_dot_ceiling.py).
 """
 
 from __future__ import annotations
@@ -128,7 +131,12 @@ def train_flops_per_image(config: ml_collections.ConfigDict) -> float:
   backward = 2 * forward - no_input_gradient
   first_pass = 0.0
   if float(config.diffusion.self_cond_rate) > 0:
-    first_pass = forward - parts["last_write"] - parts["output"]
+    # Inputs pass 1 shares with pass 2 (the noisy image, gamma, extra levels) are embedded once:
+    # XLA merges the two computations. The class projection is not shared: each pass drops
+    # labels with its own key.
+    class_projection = _dense(1, int(config.model.num_classes), int(config.model.latent_dim))
+    shared = parts["stem"] + parts["embeddings_first"] - class_projection + parts["embeddings"]
+    first_pass = forward - parts["last_write"] - parts["output"] - shared
   return first_pass + forward + backward
 
 
