@@ -25,6 +25,7 @@ from typing import Any
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import dot_ceiling  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
@@ -137,8 +138,14 @@ def sig(value: float | None, digits: int = 4) -> float | None:
   return None if value is None else float(f"{value:.{digits}g}")
 
 
-def time_steps(config, steps: int, warmup: int = 1, profile_steps: int = 0) -> dict[str, Any]:
-  """Median train-step time of `config` (a super-resolution stage gets its low-res inputs)."""
+def time_steps(config, steps: int, warmup: int = 1, profile_steps: int = 0,
+               dot_ceiling_too: bool = False,
+               model_flops_per_image: float | None = None) -> dict[str, Any]:
+  """Median train-step time of `config` (a super-resolution stage gets its low-res inputs).
+
+  With `dot_ceiling_too`, also the step's own matmuls timed alone (dot_ceiling.measure), against
+  `model_flops_per_image` x batch.
+  """
   mesh = sharding.make_mesh(config.mesh)
   model, tx, init_fn, _, state_shardings = train.build(config, mesh)
   state = init_fn(int(config.seed))
@@ -165,7 +172,12 @@ def time_steps(config, steps: int, warmup: int = 1, profile_steps: int = 0) -> d
     times.append(time.perf_counter() - start)
   median = statistics.median(times)
   profile = op_time_shares(step_fn, state, batch, profile_steps) if profile_steps else None
-  return {"op_profile": profile, "compile_s": compile_s, "step_ms": 1000 * median,
+  ceiling = None
+  if dot_ceiling_too:
+    model_flops = model_flops_per_image * config.batch_size if model_flops_per_image else None
+    ceiling = dot_ceiling.measure(step_fn, model_flops)
+  return {"op_profile": profile, "dot_ceiling": ceiling, "compile_s": compile_s,
+          "step_ms": 1000 * median,
           "images_per_s": config.batch_size / median, "timed_steps": len(times),
           "params": sum(x.size for x in jax.tree.leaves(state["params"])),
           "xla_flops_per_image": flops_per_image, "xla_flops_grad_accum_factor": accum,
@@ -241,13 +253,14 @@ def main(argv: list[str]) -> None:
   config = load_config()
   # Measured first, while nothing else of this process holds the cores or the device.
   peak = measure_matmul_peak(jnp.dtype(config.model.dtype))
-  recipe = time_steps(config, steps, flags.FLAGS.warmup, flags.FLAGS.profile_steps)
+  analytic = analytic_or_none(flops.train_flops_per_image, config)
+  recipe = time_steps(config, steps, flags.FLAGS.warmup, flags.FLAGS.profile_steps,
+                      flags.FLAGS.dot_ceiling, analytic)
   baseline = None
   if float(config.diffusion.self_cond_rate) > 0:  # Else (a U-Net) the recipe is the baseline.
     baseline_config = config.copy_and_resolve_references()
     baseline_config.diffusion.self_cond_rate = 0.0
     baseline = time_steps(baseline_config, steps, flags.FLAGS.warmup)
-  analytic = analytic_or_none(flops.train_flops_per_image, config)
   xla = recipe["xla_flops_per_image"]
   print(json.dumps({
       "benchmark": "train_step",
@@ -277,6 +290,7 @@ def main(argv: list[str]) -> None:
       "xla_temp_plus_argument_bytes": recipe["xla_temp_plus_argument_bytes"],
       **process_memory(),
       "op_profile": recipe["op_profile"],
+      "dot_ceiling": recipe["dot_ceiling"],
   }))
 
 
@@ -286,4 +300,6 @@ if __name__ == "__main__":
   flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation, per variant.")
   flags.DEFINE_integer("profile_steps", 0, "Steps of the recipe to trace for `op_profile` "
                        "(after the timed ones; 0: none).")
+  flags.DEFINE_bool("dot_ceiling", False, "Also time the recipe step's own matmuls alone "
+                    "(benchmarks/dot_ceiling.py) for `dot_ceiling`.")
   app.run(main)
