@@ -76,6 +76,19 @@ def test_state_bytes_are_the_arithmetic_of_the_shardings(replicated_and_fsdp):
     assert result["compiled_for"] == "8 simulated cpu devices" and result["fits"] is None
 
 
+def test_update_traffic_is_the_arithmetic_of_the_state(replicated_and_fsdp):
+  """Read parameters, gradients, optimizer state and EMA, write all but the gradients; FSDP
+  divides it. No chip, no bandwidth: cpu:N plans give no time."""
+  replicated, fsdp = replicated_and_fsdp
+  for result in (replicated, fsdp):
+    per_device = result["bytes_per_device"]
+    assert result["update_bytes_per_device"] == (
+        3 * per_device["params"] + 2 * (per_device["opt_state"] + per_device["ema_params"]))
+    assert "update_s_at_hbm_bandwidth" not in result
+    assert "update traffic" in plan_lib.format_table(result)
+  assert fsdp["update_bytes_per_device"] < 0.3 * replicated["update_bytes_per_device"]
+
+
 def test_flops_per_step(replicated_and_fsdp):
   replicated, fsdp = replicated_and_fsdp
   analytic = flops.train_flops_per_image(_tiny()) * 16
@@ -114,6 +127,7 @@ def test_tpu_plan():
   assert result["hbm_bytes"] == 16 * 2 ** 30 and result["fits"] is True
   assert result["bytes_per_device"]["params"] == 4 * result["params"]
   assert result["step_s_at_bf16_peak"] == result["flops_per_step_analytic"] / (4 * 197e12)
+  assert result["update_s_at_hbm_bandwidth"] == result["update_bytes_per_device"] / 819e9
 
 
 def test_temporaries_from_the_compilers_out_of_memory_message():

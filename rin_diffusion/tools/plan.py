@@ -11,7 +11,10 @@ per-device bytes of the parameters, EMA, optimizer state and batch (exact, from 
 XLA's temporaries (activations kept for the backward pass, gradients, workspace), the peak and
 whether it fits the chip's HBM; FLOPs per step (analytic, and XLA's cost analysis, which counts a
 `lax.map` body once and is therefore scaled by grad_accum_steps) and the step time the FLOPs
-allow at the chip's bf16 peak.
+allow at the chip's bf16 peak; and the least memory traffic of the parameter update (read
+parameters, gradients, optimizer state and EMA, write all but the gradients) with the time it
+takes at the chip's HBM bandwidth. Under data parallelism every chip runs the whole update, so at
+small per-chip batches this floor can exceed the step at peak; FSDP (config.mesh.fsdp) divides it.
 
 Slices: 'v5e-N' and 'v6e-N' (N chips), 'v4-N' and 'v5p-N' (N TensorCores, N/2 chips: their
 names count cores; one megacore chip is one jax device), or a topology name such as 'v5e:16x16';
@@ -55,20 +58,21 @@ GIB = 2 ** 30
 
 @dataclasses.dataclass(frozen=True)
 class Generation:
-  """A TPU generation: how its slice names count, its chip, and its bf16 matmul peak."""
+  """A TPU generation: how its slice names count, its chip, its bf16 matmul peak and HBM."""
   name_counts_cores: bool
   chip_config: str
   hbm_gib: float
   peak_bf16_tflops: float
   three_d: bool
+  hbm_gb_per_s: float
 
 
 # Public chip figures (cloud.google.com/tpu/docs/system-architecture-tpu-vm).
 GENERATIONS = {
-    "v4": Generation(True, "megacore", 32, 275, True),
-    "v5p": Generation(True, "megacore", 95, 459, True),
-    "v5e": Generation(False, "default", 16, 197, False),
-    "v6e": Generation(False, "default", 32, 918, False),
+    "v4": Generation(True, "megacore", 32, 275, True, 1200),
+    "v5p": Generation(True, "megacore", 95, 459, True, 2765),
+    "v5e": Generation(False, "default", 16, 197, False, 819),
+    "v6e": Generation(False, "default", 32, 918, False, 1638),
 }
 _SHAPES_2D = {4: (2, 2), 8: (2, 4), 16: (4, 4), 32: (4, 8), 64: (8, 8), 128: (8, 16),
               256: (16, 16)}
@@ -209,6 +213,10 @@ def plan(config: ml_collections.ConfigDict, topology: Slice) -> dict[str, Any]:
       "opt_state": _shard_bytes(abstract_state["opt_state"]),
       "batch": _shard_bytes(batch),
   }
+  # The parameter update reads the parameters, gradients (shaped and sharded like them), optimizer
+  # state and EMA once and writes all but the gradients once: a floor on its memory traffic.
+  update_bytes = (3 * state_bytes["params"]
+                  + 2 * (state_bytes["opt_state"] + state_bytes["ema_params"]))
   generation = GENERATIONS.get(topology.generation)
   hbm = generation.hbm_gib * GIB if generation and backend == "tpu" else None
   if compiled is not None:
@@ -243,6 +251,7 @@ def plan(config: ml_collections.ConfigDict, topology: Slice) -> dict[str, Any]:
       "fits": fits,
       "flops_per_step_analytic": analytic_flops,
       "flops_per_step_xla": xla_flops,
+      "update_bytes_per_device": update_bytes,
       "compile_s": round(compile_s, 1),
   }
   if generation is not None:
@@ -250,6 +259,9 @@ def plan(config: ml_collections.ConfigDict, topology: Slice) -> dict[str, Any]:
     model_flops = analytic_flops if analytic_flops is not None else xla_flops
     if model_flops is not None:
       result["step_s_at_bf16_peak"] = model_flops / peak_flops
+    # Data parallelism replicates the update on every chip; FSDP splits it. When this floor is
+    # near the step at peak, shard the state (config.mesh.fsdp) before tuning anything else.
+    result["update_s_at_hbm_bandwidth"] = update_bytes / (generation.hbm_gb_per_s * 1e9)
   if out_of_memory:
     result["note"] = f"the TPU compiler ran out of HBM: {out_of_memory}"
   if backend != "tpu" and topology.generation:
@@ -286,7 +298,11 @@ def format_table(result: dict[str, Any]) -> str:
   if result["flops_per_step_xla"] is not None:
     rows.append(("FLOPs / step (XLA)", f"{result['flops_per_step_xla']:.4g}"))
   if "step_s_at_bf16_peak" in result:
-    rows.append(("step at bf16 peak", f"{result['step_s_at_bf16_peak']:.3f} s"))
+    rows.append(("step at bf16 peak", f"{result['step_s_at_bf16_peak']:.4g} s"))
+  update = f"{result['update_bytes_per_device'] / GIB:.3f} GiB / device"
+  if "update_s_at_hbm_bandwidth" in result:
+    update += f", at least {result['update_s_at_hbm_bandwidth']:.4g} s at HBM bandwidth"
+  rows.append(("update traffic", update))
   rows.append(("compile", f"{result['compile_s']} s"))
   width = max(len(name) for name, _ in rows)
   lines = [f"plan for {result['topology']}"] + [f"  {name:<{width}}  {value}"
