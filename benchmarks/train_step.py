@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import resource
 import statistics
 import sys
@@ -200,14 +201,29 @@ def op_kind(category: str) -> str:
   return "other"
 
 
+def op_scopes(hlo_text: str) -> dict[str, str]:
+  """HLO instruction name -> where jax traced it: 'forward' (under the gradient's jvp: the network
+  and the loss), 'backward' (its transpose), 'outside_grad' (the rest of the step: the optimizer,
+  EMA and non-finite guard, the data's noise and schedule)."""
+  scopes = {}
+  for match in re.finditer(r"^\s*(?:ROOT )?%?([\w.\-]+) = .*?op_name=\"([^\"]*)\"", hlo_text,
+                           re.MULTILINE):
+    name, op_name = match.groups()
+    scopes[name] = ("backward" if "transpose(jvp(" in op_name else
+                    "forward" if "jvp(" in op_name else "outside_grad")
+  return scopes
+
+
 def op_time_shares(step_fn, state, batch, steps: int) -> dict[str, Any]:
   """Where a step's op time goes: `steps` steps traced with jax.profiler, every XLA op event's
-  duration summed by op name without its numeric suffix ('ynn_fusion.301' -> 'ynn_fusion') and
-  by coarse kind. Durations add over threads (CPU) or streams, so shares, not times, compare."""
+  duration summed by op name without its numeric suffix ('ynn_fusion.301' -> 'ynn_fusion'), by
+  coarse kind, and by scope (op_scopes; 'unattributed' for ops without jax metadata, e.g. copies
+  XLA inserts). Durations add over threads (CPU) or streams, so shares, not times, compare."""
   import collections  # noqa: PLC0415
   import glob  # noqa: PLC0415
-  import re  # noqa: PLC0415
   import tempfile  # noqa: PLC0415
+
+  scopes = op_scopes(step_fn.as_text())
 
   with tempfile.TemporaryDirectory(prefix="train_step_profile_") as trace_dir:
     with jax.profiler.trace(trace_dir):
@@ -217,6 +233,7 @@ def op_time_shares(step_fn, state, batch, steps: int) -> dict[str, Any]:
     path = glob.glob(f"{trace_dir}/**/*.xplane.pb", recursive=True)[0]
     data = jax.profiler.ProfileData.from_file(path)
   by_category: collections.Counter[str] = collections.Counter()
+  by_scope: collections.Counter[str] = collections.Counter()
   for plane in data.planes:
     for line in plane.lines:
       # XLA:CPU runs ops on its Eigen threads; accelerators report them on "XLA Ops" lines.
@@ -226,6 +243,7 @@ def op_time_shares(step_fn, state, batch, steps: int) -> dict[str, Any]:
         if event.name.startswith(("ThunkExecutor", "SlinkyThreadPool")):  # Scheduling, not ops.
           continue
         by_category[re.sub(r"[.\d]+$", "", event.name)] += event.duration_ns
+        by_scope[scopes.get(event.name, "unattributed")] += event.duration_ns
   total = sum(by_category.values()) or 1
   by_kind: collections.Counter[str] = collections.Counter()
   for category, ns in by_category.items():
@@ -234,6 +252,7 @@ def op_time_shares(step_fn, state, batch, steps: int) -> dict[str, Any]:
       "traced_steps": steps,
       "op_ms_per_step": round(total / 1e6 / steps, 2),
       "kind_shares": {k: round(v / total, 3) for k, v in by_kind.most_common()},
+      "scope_shares": {k: round(v / total, 3) for k, v in by_scope.most_common()},
       "top_op_shares": {k: round(v / total, 3) for k, v in by_category.most_common(12)},
   }
 
