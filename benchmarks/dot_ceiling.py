@@ -93,14 +93,12 @@ def hlo_dots(hlo_text: str) -> dict[str, Any]:
   if entry is None:
     raise ValueError("hlo_dots: no ENTRY computation in the HLO text")
 
-  # How many times each computation runs per call of the program.
-  runs: collections.Counter[str] = collections.Counter({entry: 1})
+  # Calls between computations, with how many times the callee runs per run of the caller.
+  calls: dict[str, list[tuple[str, int]]] = collections.defaultdict(list)
   unknown_trips = False
-  order = [entry]
-  seen = {entry}
-  for name in order:  # Breadth first; HLO call graphs are acyclic.
-    for line in computations.get(name, []):
-      callees = [(kind, callee) for kind, callee in _CALLEES.findall(line)]
+  for name, lines in computations.items():
+    for line in lines:
+      callees = list(_CALLEES.findall(line))
       branches = _BRANCHES.search(line)
       if branches:  # A conditional runs one branch: count each as if it ran (an upper bound).
         callees += [("branch", b.strip().lstrip("%")) for b in branches.group(1).split(",")]
@@ -112,10 +110,25 @@ def hlo_dots(hlo_text: str) -> dict[str, Any]:
             factor = int(trips.group(1))
           else:
             unknown_trips = True
-        runs[callee] += runs[name] * factor
-        if callee not in seen:
-          seen.add(callee)
-          order.append(callee)
+        calls[name].append((callee, factor))
+  # How many times each computation runs per call of the program: the call graph is acyclic, so
+  # a computation's count is final once all its callers are (Kahn's order from the entry).
+  reachable, stack = {entry}, [entry]
+  while stack:
+    for callee, _ in calls.get(stack.pop(), []):
+      if callee not in reachable:
+        reachable.add(callee)
+        stack.append(callee)
+  callers = collections.Counter(callee for name in reachable for callee, _ in calls.get(name, []))
+  runs: collections.Counter[str] = collections.Counter({entry: 1})
+  ready = [entry]
+  while ready:
+    name = ready.pop()
+    for callee, factor in calls.get(name, []):
+      runs[callee] += runs[name] * factor
+      callers[callee] -= 1
+      if callers[callee] == 0:
+        ready.append(callee)
 
   dots: collections.Counter[Dot] = collections.Counter()
   convolutions = 0

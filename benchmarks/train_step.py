@@ -9,6 +9,8 @@ its overrides are given as to `python -m rin_diffusion.main`:
 
   python benchmarks/train_step.py --config=configs/fashion_mnist.py --steps=20
   python benchmarks/train_step.py --config=configs/imagenet64.py:runlocal --config.batch_size=8
+  python benchmarks/train_step.py --config=configs/imagenet64.py --config.batch_size=4 \
+      --dot_ceiling --profile_steps=2   # Where the step's time goes (benchmarks/README.md).
 """
 
 from __future__ import annotations
