@@ -41,6 +41,20 @@ def test_loops_transposes_and_batched_products():
   assert not found["unknown_trip_counts"] and found["convolutions"] == 0
 
 
+def test_nested_loops_multiply_their_trip_counts():
+  def fn(x, w):
+    def inner(carry, _):
+      return jnp.tanh(carry @ w), None
+
+    def outer(carry, _):
+      return jax.lax.scan(inner, carry, None, length=3)[0], None
+
+    return jax.lax.scan(outer, x, None, length=2)[0]
+
+  found = _dots(fn, jnp.ones((16, 16)), jnp.ones((16, 16)))
+  assert list(found["dots"].values()) == [6], found
+
+
 def test_unknown_trip_count_and_conditional_branches():
   """A data-dependent while loop is flagged; both branches of a cond are counted (upper bound)."""
   def fn(x, w, n):
