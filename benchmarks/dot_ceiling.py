@@ -5,8 +5,8 @@ step's non-matmul work (norms, softmax, GELU, layout copies, the optimizer); par
 step's matmuls are smaller, thinner or transposed and so run below the peak even on their own.
 This module separates the two. It reads every `dot` of the optimised HLO that XLA will run (inside
 fusions too, times the trip count of any loop around it), times each distinct product standalone
-(same shapes, dimension numbers and element types, jitted alone, median of repeats, minus the cost
-of dispatching an empty jitted call), and sums them. That sum is what the step would take if
+(same shapes, dimension numbers and element types, jitted alone: the fastest of 2 medians of 10
+calls, minus the cost of dispatching an empty jitted call), and sums them. That sum is what the step would take if
 everything but its matmuls were free, so `step_fraction_ceiling` bounds the step's
 `peak_fraction` from above for this backend's matmul kernels.
 

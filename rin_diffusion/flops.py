@@ -14,7 +14,9 @@ projection (its input is a one-hot). Self-conditioning's first pass runs forward
 prediction is unused, so XLA removes the last write unit and the output projection from it; its
 patch embedding and time (and extra-level) embeddings are those of the second pass, computed once.
 With these rules the count equals the products XLA compiles into a train step exactly
-(tests/test_dot_ceiling.py).
+(tests/test_dot_ceiling.py). Not modelled: with tape_conv or tape_self_attn, the first block's
+interface mixing also sees the same input in both passes, so that part of pass 1 is counted but
+computed once (a small overcount).
 """
 
 from __future__ import annotations
