@@ -19,14 +19,12 @@ from __future__ import annotations
 import collections
 import math
 import re
-import statistics
-import time
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from matmul_peak import measure_matmul_peak
+from matmul_peak import measure_matmul_peak, median_call_seconds
 
 _COMPUTATION = re.compile(r"^(?:ENTRY )?%?([\w.\-]+) \(.*\) -> .*\{$")
 # `%name = f32[2,3]{1,0} opcode(` (array-shaped instructions; tuples do not match).
@@ -158,17 +156,6 @@ def hlo_dots(hlo_text: str) -> dict[str, Any]:
 _DTYPES = {"f32": jnp.float32, "bf16": jnp.bfloat16, "f16": jnp.float16, "f64": jnp.float64}
 
 
-def _median_call_s(fn, args, repeats: int, warmup: int) -> float:
-  for _ in range(warmup):
-    jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
-
-
 def time_dot(dot: Dot, repeats: int = 10, warmup: int = 2) -> float:
   """Median seconds of one standalone `dot` on the default device (dispatch included)."""
   rng = np.random.default_rng(0)
@@ -177,13 +164,13 @@ def time_dot(dot: Dot, repeats: int = 10, warmup: int = 2) -> float:
   numbers = ((dot.lhs_contracting, dot.rhs_contracting), (dot.lhs_batch, dot.rhs_batch))
   product = jax.jit(lambda a, b: jax.lax.dot_general(
       a, b, numbers, preferred_element_type=_DTYPES[dot.out_dtype]))
-  return _median_call_s(product, (lhs, rhs), repeats, warmup)
+  return median_call_seconds(product, (lhs, rhs), repeats, warmup)
 
 
 def dispatch_s(repeats: int = 50) -> float:
   """Median seconds of an empty jitted call: what time_dot includes that a fused step does not."""
   empty = jax.jit(lambda a: a + 1.0)
-  return _median_call_s(empty, (jnp.zeros((1,), jnp.float32),), repeats, 5)
+  return median_call_seconds(empty, (jnp.zeros((1,), jnp.float32),), repeats, 5)
 
 
 def measure(compiled: Any, model_flops_per_step: float | None = None, repeats: int = 10,

@@ -31,20 +31,24 @@ def default_sizes() -> tuple[int, ...]:
   return _DEFAULT_SIZES.get(jax.default_backend(), _ACCELERATOR_SIZES)
 
 
+def median_call_seconds(fn, args: tuple, repeats: int, warmup: int) -> float:
+  """Median wall seconds of `fn(*args)` to completion, after `warmup` untimed calls."""
+  for _ in range(warmup):
+    jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
 def _time_one_size(dtype, size: int, repeats: int, warmup: int) -> float:
   """Median seconds of one (size x size) @ (size x size) product on the default device."""
   a_key, b_key = jax.random.split(jax.random.key(0))
   a = jax.random.normal(a_key, (size, size), jnp.float32).astype(dtype)
   b = jax.random.normal(b_key, (size, size), jnp.float32).astype(dtype)
-  matmul = jax.jit(jnp.matmul)
-  for _ in range(warmup):
-    jax.block_until_ready(matmul(a, b))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(matmul(a, b))
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
+  return median_call_seconds(jax.jit(jnp.matmul), (a, b), repeats, warmup)
 
 
 def measure_matmul_peak(dtype=jnp.float32, size: int | Sequence[int] | None = None,

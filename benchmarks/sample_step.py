@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import sys
 import time
 from typing import Any
@@ -30,7 +29,7 @@ import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 import train_step as common  # noqa: E402
 from absl import app, flags  # noqa: E402
-from matmul_peak import measure_matmul_peak  # noqa: E402
+from matmul_peak import measure_matmul_peak, median_call_seconds  # noqa: E402
 
 from rin_diffusion import flops, generate, sharding, train  # noqa: E402
 from rin_diffusion.cascade import stage  # noqa: E402
@@ -53,17 +52,6 @@ def _compile_sampler(config: ml_collections.ConfigDict, model, mesh, steps: int,
   return compiled, time.perf_counter() - start
 
 
-def _median_seconds(fn, args: tuple, repeats: int, warmup: int) -> float:
-  for _ in range(warmup):
-    jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
-
-
 def time_sampling_step(config: ml_collections.ConfigDict, long_steps: int, repeats: int,
                        warmup: int = 1) -> dict[str, Any]:
   """Seconds per sampler step at config.batch_size, XLA's FLOPs per image and step, memory."""
@@ -83,7 +71,7 @@ def time_sampling_step(config: ml_collections.ConfigDict, long_steps: int, repea
   for steps in (1, long_steps):
     compiled, compile_s = _compile_sampler(config, model, mesh, steps, args)
     results[steps] = {"compile_s": compile_s, "xla_flops": flops.xla_flops(compiled) / batch,
-                      "seconds": _median_seconds(compiled, args, repeats, warmup),
+                      "seconds": median_call_seconds(compiled, args, repeats, warmup),
                       **common.xla_memory(compiled)}
   short, long = results[1], results[long_steps]
   step_s = (long["seconds"] - short["seconds"]) / (long_steps - 1)
