@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -257,7 +258,8 @@ def test_rate_applied_after_a_skipped_step_follows_the_step_counter():
     if step == 3:
       assert not np.isfinite(float(metrics["loss"]))
       assert int(state["nonfinite_steps"]) == 1
-      assert max_change(state["params"], before["params"]) == 0.0
+      for part in ("params", "opt_state", "ema_params"):
+        assert max_change(state[part], before[part]) == 0.0, part
       continue
     applied = max_change(state["params"], before["params"])
     assert applied == pytest.approx(expected_lr, rel=1e-4, abs=1e-9), step
@@ -269,3 +271,28 @@ def test_rate_applied_after_a_skipped_step_follows_the_step_counter():
       np.testing.assert_allclose(ema, decay * old_ema + (1 - decay) * np.asarray(new),
                                  rtol=1e-5, atol=1e-7)
   assert int(state["nonfinite_steps"]) == 1
+
+
+def _copied_entry_parameters(hlo_text: str) -> list[str]:
+  """Shapes of the entry computation's parameters that the compiled program copies whole."""
+  entry = hlo_text[hlo_text.index("\nENTRY"):]
+  parameters = set(re.findall(r"%(\S+) = \S+ parameter\(", entry))
+  return [shape for shape, operand in re.findall(r"%\S+ = (\S+) copy\(%(\S+)\)", entry)
+          if operand in parameters]
+
+
+def test_the_donated_state_is_updated_in_place():
+  """The skip guard must not make XLA keep a second copy of the state.
+
+  Selecting new against old state (jnp.where per leaf) reads every old buffer after the update
+  wrote it, so XLA copied each donated parameter, moment and EMA buffer on entry: 3/4 of the
+  state's bytes per step. Only scalars (the step counter) may be copied.
+  """
+  config = paper_configs.load_config(f"{TINY_CONFIG}:tiny")
+  mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
+  model, tx, init_fn, _, state_shardings = train.build(config, mesh)
+  state = jax.eval_shape(init_fn, 0)
+  compiled = train.jit_train_step(model, tx, config, mesh, state_shardings).lower(
+      state, train.batch_spec(config, mesh)).compile()
+  copied = _copied_entry_parameters(compiled.as_text())
+  assert [shape for shape in copied if not re.fullmatch(r"\w+\[\]", shape)] == []
