@@ -61,10 +61,15 @@ class _PreemptionFlag:
     self.requested = False
 
   def install(self) -> None:
+    self._previous = None
     try:
-      signal.signal(signal.SIGTERM, self._handler)
+      self._previous = signal.signal(signal.SIGTERM, self._handler)
     except ValueError:  # Not the main thread (e.g. a notebook worker): rely on Orbax's check.
       pass
+
+  def uninstall(self) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
 
   def _handler(self, signum, frame):
     del frame
@@ -349,89 +354,94 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   sample_fn = None
   loop_eval = None
   last_eval = None  # The latest in-loop evaluation's record, summarised on stdout at the end.
-  preemption = _PreemptionFlag()
-  preemption.install()
 
   total = int(config.total_steps)
   pending: list[dict[str, jax.Array]] = []
   last_log_time, last_log_step = time.time(), start_step
   start_time = time.time()
   step = start_step
-  while step < total:
-    local_batch = next(batches)
-    _check_batch(local_batch, config.dataset, batches.local_batch_size, batches.low_resolution)
-    batch = sharding.global_batch(local_batch, mesh)
-    state, metrics = train_step(state, batch)
-    step += 1
-    pending.append(metrics)
+  preemption = _PreemptionFlag()
+  preemption.install()
+  try:
+    while step < total:
+      local_batch = next(batches)
+      _check_batch(local_batch, config.dataset, batches.local_batch_size, batches.low_resolution)
+      batch = sharding.global_batch(local_batch, mesh)
+      state, metrics = train_step(state, batch)
+      step += 1
+      pending.append(metrics)
 
-    preempted = preemption.requested or manager.reached_preemption(step)
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # noqa: PLC0415
+      preempted = preemption.requested or manager.reached_preemption(step)
+      if jax.process_count() > 1:
+        from jax.experimental import multihost_utils  # noqa: PLC0415
 
-      preempted = bool(np.any(multihost_utils.process_allgather(np.asarray(preempted))))
-    is_log_step = step % int(config.log_every_steps) == 0 or step == total or preempted
-    is_checkpoint_step = (step % int(config.checkpoint_every_steps) == 0 or step == total
-                          or preempted)
+        preempted = bool(np.any(multihost_utils.process_allgather(np.asarray(preempted))))
+      is_log_step = step % int(config.log_every_steps) == 0 or step == total or preempted
+      is_checkpoint_step = (step % int(config.checkpoint_every_steps) == 0 or step == total
+                            or preempted)
 
-    if is_log_step or is_checkpoint_step:
-      # Checked before anything is saved, so a checkpoint never follows a bad step unnoticed.
-      nonfinite = int(jax.device_get(state["nonfinite_steps"]))
-      if nonfinite and config.nonfinite_loss == "stop":
+      if is_log_step or is_checkpoint_step:
+        # Checked before anything is saved, so a checkpoint never follows a bad step unnoticed.
+        nonfinite = int(jax.device_get(state["nonfinite_steps"]))
+        if nonfinite and config.nonfinite_loss == "stop":
+          manager.wait_until_finished()
+          raise NonFiniteLossError(
+              f"Non-finite loss or gradient within the last {len(pending)} steps (before step "
+              f"{step}); the update was not applied. The last good checkpoint "
+              f"(step {manager.latest_step()}) in {manager.directory} is intact. Lower the learning "
+              "rate or set --config.nonfinite_loss=skip to skip such steps.")
+
+      if is_log_step:
+        fetched = jax.device_get(pending)
+        now = time.time()
+        steps_per_sec = (step - last_log_step) / max(now - last_log_time, 1e-9)
+        record = {
+            "step": step,
+            "loss": float(np.mean([m["loss"] for m in fetched])),
+            "learning_rate": float(fetched[-1]["learning_rate"]),
+            "grad_norm": float(np.mean([m["grad_norm"] for m in fetched])),
+            "steps_per_sec": steps_per_sec,
+            "nonfinite_steps": int(jax.device_get(state["nonfinite_steps"])),
+            "step_losses": [float(m["loss"]) for m in fetched],
+        }
+        if is_chief:
+          evaluate.append_jsonl(metrics_path, record)
+        writer.write_scalars(step, {k: v for k, v in record.items() if k != "step_losses"})
+        eta = (total - step) / max(steps_per_sec, 1e-9)
+        logging.info("step %d/%d  loss %.4f  lr %.2e  %.2f steps/s  ETA %s", step, total,
+                     record["loss"], record["learning_rate"], steps_per_sec, _format_eta(eta))
+        pending.clear()
+        last_log_time, last_log_step = now, step
+
+      if is_checkpoint_step:
+        checkpointing.save(manager, state, batches.position, config)
+
+      if preempted:
         manager.wait_until_finished()
-        raise NonFiniteLossError(
-            f"Non-finite loss or gradient within the last {len(pending)} steps (before step "
-            f"{step}); the update was not applied. The last good checkpoint "
-            f"(step {manager.latest_step()}) in {manager.directory} is intact. Lower the learning "
-            "rate or set --config.nonfinite_loss=skip to skip such steps.")
+        logging.warning("Preemption: checkpoint at step %d is durable; exiting.", step)
+        break
 
-    if is_log_step:
-      fetched = jax.device_get(pending)
-      now = time.time()
-      steps_per_sec = (step - last_log_step) / max(now - last_log_time, 1e-9)
-      record = {
-          "step": step,
-          "loss": float(np.mean([m["loss"] for m in fetched])),
-          "learning_rate": float(fetched[-1]["learning_rate"]),
-          "grad_norm": float(np.mean([m["grad_norm"] for m in fetched])),
-          "steps_per_sec": steps_per_sec,
-          "nonfinite_steps": int(jax.device_get(state["nonfinite_steps"])),
-          "step_losses": [float(m["loss"]) for m in fetched],
-      }
-      if is_chief:
-        evaluate.append_jsonl(metrics_path, record)
-      writer.write_scalars(step, {k: v for k, v in record.items() if k != "step_losses"})
-      eta = (total - step) / max(steps_per_sec, 1e-9)
-      logging.info("step %d/%d  loss %.4f  lr %.2e  %.2f steps/s  ETA %s", step, total,
-                   record["loss"], record["learning_rate"], steps_per_sec, _format_eta(eta))
-      pending.clear()
-      last_log_time, last_log_step = now, step
+      sample_every = int(config.sample_every_steps)
+      if sample_every and (step % sample_every == 0 or step == total):
+        if sample_fn is None:
+          sample_fn = generate.make_sample_fn(
+              model, config, sampler=config.sampling.sampler, steps=int(config.sampling.steps),
+              guidance=float(config.sampling.guidance))
+        _write_sample_grid(sample_fn, state, config, workdir, step, conditioning, source)
 
-    if is_checkpoint_step:
-      checkpointing.save(manager, state, batches.position, config)
+      eval_every = int(config.eval_every_steps)
+      if eval_every and (step % eval_every == 0 or step == total):
+        if loop_eval is None:  # Loads Inception, reference statistics (and the CAS classifier).
+          loop_eval = evaluate.LoopEvaluation(config, model, mesh, workdir, writer)
+        last_eval = loop_eval(state, step, batches.position)  # metrics.jsonl, writer, best ckpt.
 
-    if preempted:
-      manager.wait_until_finished()
-      logging.warning("Preemption: checkpoint at step %d is durable; exiting.", step)
-      break
-
-    sample_every = int(config.sample_every_steps)
-    if sample_every and (step % sample_every == 0 or step == total):
-      if sample_fn is None:
-        sample_fn = generate.make_sample_fn(
-            model, config, sampler=config.sampling.sampler, steps=int(config.sampling.steps),
-            guidance=float(config.sampling.guidance))
-      _write_sample_grid(sample_fn, state, config, workdir, step, conditioning, source)
-
-    eval_every = int(config.eval_every_steps)
-    if eval_every and (step % eval_every == 0 or step == total):
-      if loop_eval is None:  # Loads Inception, reference statistics (and the CAS classifier).
-        loop_eval = evaluate.LoopEvaluation(config, model, mesh, workdir, writer)
-      last_eval = loop_eval(state, step, batches.position)  # metrics.jsonl, writer, best ckpt.
-
-  batches.close()  # Stops the decoding threads or grain's worker processes.
-  if loop_eval is not None:
-    loop_eval.close()
+  finally:
+    # Also when the loop raises (NonFiniteLossError, a bad batch): in a process that carries on
+    # (a notebook, a sweep) grain's workers and the SIGTERM handler must not outlive the run.
+    preemption.uninstall()
+    batches.close()  # Stops the decoding threads or grain's worker processes.
+    if loop_eval is not None:
+      loop_eval.close()
   manager.wait_until_finished()
   checkpointing.close(manager)
   writer.flush()

@@ -238,7 +238,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(data_root, tmp_path, c
   assert tu.step_losses(workdir) == reference_losses
 
 
-def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(data_root, tmp_path):
+def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(data_root, tmp_path, monkeypatch):
   workdir = str(tmp_path / "run")
   good = tu.tiny_config(data_root, total_steps=2, checkpoint_every_steps=2)
   train.train_and_evaluate(good, workdir)
@@ -246,8 +246,22 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(data_root, tmp_path
   bad = tu.tiny_config(data_root, total_steps=8, checkpoint_every_steps=2)
   bad.optimizer.learning_rate = 1e30
   bad.optimizer.warmup_steps = 0
+  # The error must not leave the run's input workers or its SIGTERM handler behind.
+  closed = []
+  make_iterator = train.pipeline.make_iterator
+
+  def recording_make_iterator(*args, **kwargs):
+    batches = make_iterator(*args, **kwargs)
+    close = batches.close
+    batches.close = lambda: (closed.append(True), close())
+    return batches
+
+  monkeypatch.setattr(train.pipeline, "make_iterator", recording_make_iterator)
+  handler_before = signal.getsignal(signal.SIGTERM)
   with pytest.raises(train.NonFiniteLossError, match="last good checkpoint"):
     train.train_and_evaluate(bad, workdir)
+  assert closed == [True]
+  assert signal.getsignal(signal.SIGTERM) is handler_before
   latest = max(_checkpoint_steps(workdir))
   after = _restore_params(workdir, latest)
   for leaf in jax.tree.leaves(after["params"]):
