@@ -142,9 +142,11 @@ def sig(value: float | None, digits: int = 4) -> float | None:
 
 
 def time_steps(config, steps: int, warmup: int = 1, profile_steps: int = 0,
-               dot_ceiling_too: bool = False,
-               model_flops_per_image: float | None = None) -> dict[str, Any]:
+               dot_ceiling_too: bool = False, model_flops_per_image: float | None = None,
+               skip_by: str = "select") -> dict[str, Any]:
   """Median train-step time of `config` (a super-resolution stage gets its low-res inputs).
+
+  `skip_by`: train.make_train_step's.
 
   With `dot_ceiling_too`, also the step's own matmuls timed alone (dot_ceiling.measure), against
   `model_flops_per_image` x batch.
@@ -155,7 +157,7 @@ def time_steps(config, steps: int, warmup: int = 1, profile_steps: int = 0,
   batch = {name: jax.device_put(jnp.zeros(spec.shape, spec.dtype), spec.sharding)
            for name, spec in train.batch_spec(config, mesh).items()}
   conditioning = stage.conditioning_or_none(config)
-  step_fn = train.jit_train_step(model, tx, config, mesh, state_shardings, conditioning)
+  step_fn = train.jit_train_step(model, tx, config, mesh, state_shardings, conditioning, skip_by)
   start = time.perf_counter()
   step_fn = step_fn.lower(state, batch).compile()
   compile_s = time.perf_counter() - start
@@ -275,13 +277,18 @@ def main(argv: list[str]) -> None:
   # Measured first, while nothing else of this process holds the cores or the device.
   peak = measure_matmul_peak(jnp.dtype(config.model.dtype))
   analytic = analytic_or_none(flops.train_flops_per_image, config)
+  skip_by = flags.FLAGS.skip_by
   recipe = time_steps(config, steps, flags.FLAGS.warmup, flags.FLAGS.profile_steps,
-                      flags.FLAGS.dot_ceiling, analytic)
+                      flags.FLAGS.dot_ceiling, analytic, skip_by)
+  other_skip_by = other = None
+  if flags.FLAGS.compare_skip_by:
+    other_skip_by = next(way for way in train.SKIP_BY if way != skip_by)
+    other = time_steps(config, steps, flags.FLAGS.warmup, skip_by=other_skip_by)
   baseline = None
   if float(config.diffusion.self_cond_rate) > 0:  # Else (a U-Net) the recipe is the baseline.
     baseline_config = config.copy_and_resolve_references()
     baseline_config.diffusion.self_cond_rate = 0.0
-    baseline = time_steps(baseline_config, steps, flags.FLAGS.warmup)
+    baseline = time_steps(baseline_config, steps, flags.FLAGS.warmup, skip_by=skip_by)
   xla = recipe["xla_flops_per_image"]
   print(json.dumps({
       "benchmark": "train_step",
@@ -300,6 +307,11 @@ def main(argv: list[str]) -> None:
       "no_self_cond_images_per_s": round(baseline["images_per_s"], 2) if baseline else None,
       "self_cond_cost_ratio": (round(recipe["step_ms"] / baseline["step_ms"], 3)
                                if baseline else None),
+      "skip_by": skip_by,
+      "other_skip_by": other_skip_by,
+      "other_skip_by_step_ms": round(other["step_ms"], 2) if other else None,
+      "other_skip_by_temp_bytes": other["xla_temp_bytes"] if other else None,
+      "skip_by_speedup": round(other["step_ms"] / recipe["step_ms"], 3) if other else None,
       "compile_s": round(recipe["compile_s"], 2),
       "xla_flops_per_image": sig(xla),
       "xla_flops_grad_accum_factor": recipe["xla_flops_grad_accum_factor"],
@@ -323,4 +335,8 @@ if __name__ == "__main__":
                        "(after the timed ones; 0: none).")
   flags.DEFINE_bool("dot_ceiling", False, "Also time the recipe step's own matmuls alone "
                     "(benchmarks/dot_ceiling.py) for `dot_ceiling`.")
+  flags.DEFINE_enum("skip_by", "select", train.SKIP_BY, "How the step skips a non-finite "
+                    "update (train.make_train_step; the trainer selects).")
+  flags.DEFINE_bool("compare_skip_by", False, "Also time the recipe with the other `skip_by`, in "
+                    "this process: `other_skip_by_step_ms` and `skip_by_speedup`.")
   app.run(main)

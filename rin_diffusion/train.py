@@ -156,14 +156,24 @@ def make_loss_fn(model: nn.Module, config: ml_collections.ConfigDict,
   return loss_fn
 
 
+SKIP_BY = ("select", "branch")
+
+
 def make_train_step(model: nn.Module, tx: optax.GradientTransformationExtraArgs,
                     config: ml_collections.ConfigDict, conditioning: Conditioning | None = None,
-                    platform: str = "cpu"):
+                    skip_by: str = "select"):
   """train_step(state, batch) -> (state, metrics); `tx` from optim.make_optimizer(config).
 
-  `platform` (the mesh devices' platform) picks how a non-finite step is skipped; both ways
-  give the same state, bit for bit.
+  `skip_by` is how a non-finite step leaves the state alone: "select" (jnp.where of new against
+  old state) or "branch" (lax.cond around the update). Both give the same state, bit for bit.
+  With "select" XLA:CPU copies every donated parameter and moment buffer first (the update
+  reads them after the select has written them: 265 MB a step at the matched benchmark config,
+  2.6 GB at imagenet64); "branch" updates them in place. Yet neither was faster beyond the noise
+  of 2 CPU cores (benchmarks/train_step.py --compare_skip_by), and for the branch the TPU
+  compiler needs 0.7 GiB more temporaries per chip at imagenet64, so the trainer selects.
   """
+  if skip_by not in SKIP_BY:
+    raise ValueError(f"skip_by={skip_by!r}: allowed: {', '.join(SKIP_BY)}.")
   loss_fn = make_loss_fn(model, config, conditioning)
   lr_schedule = optim.learning_rate_schedule(config)
   ema_decay = float(config.optimizer.ema_decay)
@@ -191,11 +201,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformationExtraArgs,
     # A non-finite step never reaches the state: the last good parameters stay in place, and the
     # host decides (config.nonfinite_loss) whether to stop or to carry on counting.
     old = (state["params"], state["opt_state"], state["ema_params"])
-    if platform == "cpu":
-      # XLA:CPU copies every donated parameter and moment buffer before a select of new against
-      # old state (the update reads them after the select has written them): 2.6 GB a step at
-      # imagenet64. Under a branch they are updated in place. The TPU compiler does the reverse:
-      # no copies for the select, 0.7 GiB more temporaries per chip around the branch.
+    if skip_by == "branch":
       params, opt_state, ema_params = jax.lax.cond(finite, apply_update, lambda old: old, old)
     else:
       params, opt_state, ema_params = jax.tree.map(
@@ -216,13 +222,13 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformationExtraArgs,
 
 def jit_train_step(model: nn.Module, tx: optax.GradientTransformationExtraArgs,
                    config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
-                   state_shardings: Any, conditioning: Conditioning | None = None):
+                   state_shardings: Any, conditioning: Conditioning | None = None,
+                   skip_by: str = "select"):
   """make_train_step jitted for the mesh: state sharded and donated, batch split, metrics replicated.
 
   The trainer, the benchmarks and tools/plan compile this one program.
   """
-  platform = mesh.devices.flat[0].platform
-  return jax.jit(make_train_step(model, tx, config, conditioning, platform),
+  return jax.jit(make_train_step(model, tx, config, conditioning, skip_by),
                  in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
                  out_shardings=(state_shardings, sharding.replicated(mesh)),
                  donate_argnums=0)

@@ -281,26 +281,24 @@ def _copied_entry_parameters(hlo_text: str) -> list[str]:
           if operand in parameters]
 
 
-def test_the_donated_state_is_updated_in_place_on_cpu():
-  """The skip guard must not make XLA:CPU keep a second copy of the state.
-
-  Selecting new against old state (jnp.where per leaf) made XLA:CPU copy every donated
-  parameter and moment buffer on entry (3/4 of the state's bytes per step), because the update
-  reads them after the select has written them. Only scalars (the step counter) may be copied.
-  """
+def test_skipping_by_branch_updates_the_donated_state_in_place():
+  """skip_by='branch' exists to update the state in place: no parameter, moment or EMA buffer
+  may be copied, only scalars (the step counter). (With 'select' XLA:CPU copies 3/4 of the
+  state's bytes each step; see train.make_train_step.)"""
   config = paper_configs.load_config(f"{TINY_CONFIG}:tiny")
   mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
   model, tx, init_fn, _, state_shardings = train.build(config, mesh)
   state = jax.eval_shape(init_fn, 0)
-  compiled = train.jit_train_step(model, tx, config, mesh, state_shardings).lower(
-      state, train.batch_spec(config, mesh)).compile()
+  compiled = train.jit_train_step(model, tx, config, mesh, state_shardings,
+                                  skip_by="branch").lower(state, train.batch_spec(config, mesh)
+                                                          ).compile()
   copied = _copied_entry_parameters(compiled.as_text())
   assert [shape for shape in copied if not re.fullmatch(r"\w+\[\]", shape)] == []
 
 
 def test_both_ways_of_skipping_a_step_give_the_same_state():
-  """The branch (used on CPU) and the select (used on TPU and GPU) agree bit for bit, on finite
-  steps and on a skipped one (a NaN pixel in step 2), with LAMB, weight decay and the EMA."""
+  """The select (the trainer's) and the branch agree bit for bit, on finite steps and on a
+  skipped one (a NaN pixel in step 2), with LAMB, weight decay and the EMA."""
   config = paper_configs.load_config(f"{TINY_CONFIG}:tiny")
   config.optimizer.update(name="lamb", weight_decay=0.01, warmup_steps=0)
   mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
@@ -312,12 +310,12 @@ def test_both_ways_of_skipping_a_step_give_the_same_state():
     image[0, 0, 0, 0] = np.nan if step == 2 else image[0, 0, 0, 0]
     batches.append({"image": jnp.asarray(image), "label": jnp.asarray(rng.integers(0, 10, 8))})
   final = {}
-  for platform in ("cpu", "tpu"):
-    step_fn = jax.jit(train.make_train_step(model, tx, config, platform=platform))
+  for skip_by in train.SKIP_BY:
+    step_fn = jax.jit(train.make_train_step(model, tx, config, skip_by=skip_by))
     state = init_fn(0)
     for batch in batches:
       state, _ = step_fn(state, batch)
-    final[platform] = jax.device_get(state)
-  assert int(final["cpu"]["nonfinite_steps"]) == 1
-  same = jax.tree.map(np.array_equal, final["cpu"], final["tpu"])
+    final[skip_by] = jax.device_get(state)
+  assert int(final["branch"]["nonfinite_steps"]) == 1
+  same = jax.tree.map(np.array_equal, final["branch"], final["select"])
   assert all(jax.tree.leaves(same))
