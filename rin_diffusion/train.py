@@ -59,9 +59,9 @@ class _PreemptionFlag:
 
   def __init__(self):
     self.requested = False
+    self._previous = None  # The SIGTERM handler that install() replaced, restored by uninstall().
 
   def install(self) -> None:
-    self._previous = None
     try:
       self._previous = signal.signal(signal.SIGTERM, self._handler)
     except ValueError:  # Not the main thread (e.g. a notebook worker): rely on Orbax's check.
