@@ -6,9 +6,9 @@ step's matmuls are smaller, thinner or transposed and so run below the peak even
 This module separates the two. It reads every `dot` of the optimised HLO that XLA will run (inside
 fusions too, times the trip count of any loop around it), times each distinct product standalone
 (same shapes, dimension numbers and element types, jitted alone: the fastest of 2 medians of 10
-calls, minus the cost of dispatching an empty jitted call), and sums them. That sum is what the step would take if
-everything but its matmuls were free, so `step_fraction_ceiling` bounds the step's
-`peak_fraction` from above for this backend's matmul kernels.
+calls, minus the cost of dispatching an empty jitted call), and sums them. That sum is what the
+step would take if everything but its matmuls were free, so `step_fraction_ceiling` bounds the
+step's `peak_fraction` from above for this backend's matmul kernels.
 
 Convolutions are not timed (the RIN's only one is its patch embedding); `convolutions` counts them.
 A loop whose trip count XLA does not know counts once and sets `unknown_trip_counts`.
