@@ -12,8 +12,11 @@ Restarting with the same workdir resumes from the latest checkpoint. Multi-proce
 SLURM are detected by `jax.distributed.initialize()` (--distributed=auto); elsewhere pass
 --coordinator_address, --num_processes and --process_id.
 
-Bad input (flags, config values, files, a checkpoint that does not fit the config) ends in one line
-`rin_diffusion: error: ...` on stderr and exit status 2, before anything in the workdir changes.
+Exit status (rin_diffusion/exit_status.py; launchers act on it): 0 only when the work is complete
+(training: step == total_steps and the final evaluation recorded); 75 after a preemption notice
+(SIGTERM) once the checkpoint is durable: rerun to resume; 3 when a non-finite loss stopped the run;
+2 for bad input (flags, config values, files, a checkpoint that does not fit the config: one line
+`rin_diffusion: error: ...` on stderr, before anything in the workdir changes); 1 for a crash.
 """
 
 from __future__ import annotations
@@ -28,18 +31,15 @@ from absl import app, flags
 from etils import epath
 from ml_collections import config_flags
 
+from rin_diffusion import distributed, exit_status
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:arg]).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, samples.")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "sample", "eval"],
                           "train; sample (grid + .npz); eval (FID, IS, P/R, CAS of the latest "
                           "checkpoint's EMA samples).")
-_DISTRIBUTED = flags.DEFINE_enum(
-    "distributed", "off", ["off", "auto"],
-    "'auto': jax.distributed.initialize() detects the cluster (TPU pod, SLURM).")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", "", "host:port of process 0.")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 1, "Processes in the job.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", 0, "This process's index.")
+_DISTRIBUTED_FLAGS = distributed.define_flags()
 # Sample mode: each flag overrides a config.sampling field (and is validated as that field).
 _NUM_SAMPLES = flags.DEFINE_integer(
     "num_samples", None,
@@ -55,17 +55,6 @@ _SEED = flags.DEFINE_integer("sample_seed", 0, "Sample and eval mode: random see
 _SEEDS = flags.DEFINE_integer("seeds", 1, "Eval mode: evaluations with seeds sample_seed + 0.. "
                               "(metrics.jsonl gets the mean and std of each metric).")
 _OUTPUT = flags.DEFINE_string("output", "", "Sample mode: output prefix (default workdir/samples).")
-
-
-def _initialize_distributed() -> None:
-  import jax  # noqa: PLC0415
-
-  if _COORDINATOR.value:
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
-                               num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
-  elif _DISTRIBUTED.value == "auto":
-    jax.distributed.initialize()
 
 
 def _sample_flags() -> dict[str, object]:
@@ -191,7 +180,7 @@ def main(argv):
     raise ValueError("--workdir is required: the run directory (checkpoints, metrics, samples), "
                      "e.g. --workdir=workdir/fashion_mnist")
   _validate(config, _sample_flags() if _MODE.value == "sample" else {})
-  _initialize_distributed()
+  distributed.initialize(_DISTRIBUTED_FLAGS)
   logging.getLogger().setLevel(logging.INFO)
 
   from rin_diffusion import train  # noqa: PLC0415
@@ -299,10 +288,13 @@ def run() -> None:
   try:
     app.run(main, flags_parser=_parse_flags)
   except Exception as error:
-    if not _is_bad_input(error):
-      raise
-    print(f"rin_diffusion: error: {_one_line(str(error))}", file=sys.stderr)  # No traceback wall.
-    sys.exit(2)
+    status = (exit_status.BAD_INPUT if _is_bad_input(error)
+              else exit_status.of_exception(error, bad_input=()))
+    if status == exit_status.CRASH:
+      raise  # The traceback, and Python's status 1.
+    print(f"rin_diffusion: {'error: ' if status == exit_status.BAD_INPUT else ''}"
+          f"{_one_line(str(error))}", file=sys.stderr)  # No traceback wall.
+    sys.exit(status)
 
 
 if __name__ == "__main__":

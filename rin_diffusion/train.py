@@ -7,6 +7,7 @@ step, never on how many times the run was restarted or how it is sharded.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -27,6 +28,7 @@ from rin_diffusion import (
     checkpointing,
     config_lib,
     diffusion,
+    exit_status,
     generate,
     learned_variance,
     networks,
@@ -39,7 +41,7 @@ from rin_diffusion.data import pipeline
 from rin_diffusion.evaluation import evaluate
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(exit_status.Diverged):
   pass
 
 
@@ -55,7 +57,7 @@ class Conditioning(NamedTuple):
 
 
 class _PreemptionFlag:
-  """Set by SIGTERM; the loop saves at the next step boundary and exits cleanly."""
+  """Set by SIGTERM; the loop saves at the next step boundary and raises exit_status.Preempted."""
 
   def __init__(self):
     self.requested = False
@@ -308,6 +310,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        conditioning: Conditioning | None = None) -> dict[str, Any]:
   """Trains (or resumes) in `workdir` on `devices` (default: all); returns the final state.
 
+  Returns only when the run is complete: step == config.total_steps and, with in-loop evaluation,
+  the final step's evaluation recorded (a restart after a preemption at the last step runs it).
+  On SIGTERM it saves a durable checkpoint and raises exit_status.Preempted; a non-finite loss
+  with config.nonfinite_loss='stop' raises NonFiniteLossError.
+
   A super-resolution stage (config.cascade.low_resolution > 0) needs `conditioning`
   (rin_diffusion.cascade.stage.conditioning(config); python -m rin_diffusion.main passes it).
   """
@@ -377,6 +384,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   last_log_time, last_log_step = time.time(), start_step
   start_time = time.time()
   step = start_step
+  preempted = False
   preemption = _PreemptionFlag()
   preemption.install()
   try:
@@ -452,6 +460,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           loop_eval = evaluate.LoopEvaluation(config, model, mesh, workdir, writer)
         last_eval = loop_eval(state, step, batches.position)  # metrics.jsonl, writer, best ckpt.
 
+    # The final evaluation is part of a complete run: a preemption at the last step (after its
+    # checkpoint, before the evaluation) or a crash inside it leaves it to the restart, which
+    # finds step == total and no record for it.
+    if (not preempted and step == total and int(config.eval_every_steps)
+        and not _evaluated_at(metrics_path, total)):
+      logging.info("Step %d has no evaluation record yet: running the final evaluation.", total)
+      if loop_eval is None:
+        loop_eval = evaluate.LoopEvaluation(config, model, mesh, workdir, writer)
+      last_eval = loop_eval(state, step, batches.position)
+
   finally:
     # Also when the loop raises (NonFiniteLossError, a bad batch): in a process that carries on
     # (a notebook, a sweep) grain's workers and the SIGTERM handler must not outlive the run.
@@ -462,6 +480,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   manager.wait_until_finished()
   checkpointing.close(manager)
   writer.flush()
+  if preempted:
+    raise exit_status.Preempted(step, str(manager.directory))
   logging.info("Done at step %d in %.1f s.", step, time.time() - start_time)
   if is_chief and last_eval is not None:
     print(evaluate.summary(last_eval, config), flush=True)
@@ -567,6 +587,26 @@ def _write_sample_grid(sample_fn, state, config, workdir: str, step: int,
     for start in range(0, num_samples, columns):
       rows += [inputs[start:start + columns] * 0.5 + 0.5, images[start:start + columns]]
     generate.save_grid(np.concatenate(rows), path, columns=columns)
+
+
+def _evaluated_at(metrics_path: str, step: int) -> bool:
+  """Whether metrics.jsonl holds an evaluation record of `step` (the same answer on every process,
+  which the collective evaluation needs)."""
+  found = False
+  if jax.process_index() == 0:
+    path = epath.Path(metrics_path)
+    lines = path.read_text().splitlines() if path.exists() else []
+    for line in lines:
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError:  # A line cut short by a kill: not a record.
+        continue
+      found = found or (record.get("mode") == "eval" and record.get("step") == step)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # noqa: PLC0415
+
+    found = bool(multihost_utils.broadcast_one_to_all(np.asarray(found)))
+  return found
 
 
 def _format_eta(seconds: float) -> str:

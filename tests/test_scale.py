@@ -167,7 +167,7 @@ def test_sigkill_then_restart_equals_uninterrupted(data_root, tmp_path):
     assert all(jax.tree.leaves(same)), key
 
 
-def test_sigterm_saves_and_exits_zero_then_resumes(data_root, tmp_path):
+def test_sigterm_saves_and_exits_preempted_then_resumes(data_root, tmp_path):
   workdir = str(tmp_path / "run")
   proc = _long_run(workdir, data_root)
   metrics = os.path.join(workdir, "metrics.jsonl")
@@ -178,7 +178,9 @@ def test_sigterm_saves_and_exits_zero_then_resumes(data_root, tmp_path):
   proc.send_signal(signal.SIGTERM)
   output = proc.communicate(timeout=120)[0]
   elapsed = time.time() - start
-  assert proc.returncode == 0, output[-3000:]
+  # Not 0: a launcher must not take a preempted run for a finished one (exit_status.PREEMPTED).
+  assert proc.returncode == 75, output[-3000:]
+  assert "preempted at step" in output
   last_step = tu.read_metrics(workdir)[-1]["step"]
   # Stops at the next step boundary (a few tiny steps may already be queued) ...
   assert signalled_at_step <= last_step <= signalled_at_step + 5

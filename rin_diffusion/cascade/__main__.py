@@ -9,7 +9,10 @@ Each stage is an ordinary run in <workdir>/<stage name>: `--mode=train` is the s
 (resuming where a stage stopped). Samples go to --output (default <workdir>/cascade_samples); see
 rin_diffusion/cascade/pipeline.py for the layout. Bad input (pipeline fields, a stage that does
 not fit the one below, a missing workdir or checkpoint) ends in one line
-`rin_diffusion.cascade: error: ...` and exit status 2, before anything is written.
+`rin_diffusion.cascade: error: ...` and exit status 2, before anything is written. The other exit
+statuses are rin_diffusion.main's (rin_diffusion/exit_status.py): 0 complete, 75 preempted (a stage
+saved a durable checkpoint: rerun to resume), 3 diverged, 1 crash. Multi-process: the flags of
+rin_diffusion.main (--distributed=auto, or --coordinator_address/--num_processes/--process_id).
 """
 
 from __future__ import annotations
@@ -21,12 +24,15 @@ import sys
 
 from absl import app, flags
 
+from rin_diffusion import distributed, exit_status
+
 _PIPELINE = flags.DEFINE_string("pipeline", None, "Pipeline config file (path[:arg]).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the stage workdirs <name>/.")
 _MODE = flags.DEFINE_enum("mode", "sample", ["sample", "train"],
                           "sample: the whole cascade; train: every stage in order.")
 _OUTPUT = flags.DEFINE_string("output", "", "Samples directory (default workdir/cascade_samples).")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", None, "Overrides pipeline.num_samples.")
+_DISTRIBUTED_FLAGS = distributed.define_flags()
 _EVALUATE = flags.DEFINE_bool("evaluate", False, "Sample mode: also FID, precision/recall (and "
                               "CAS) of every level s* of the last stage (eval.json).")
 
@@ -47,6 +53,7 @@ def main(argv) -> None:
     raise ValueError(f"--pipeline={_PIPELINE.value}: {error}") from None
   if _NUM_SAMPLES.value is not None:
     pipeline.num_samples = _NUM_SAMPLES.value
+  distributed.initialize(_DISTRIBUTED_FLAGS)
   logging.getLogger().setLevel(logging.INFO)
   from rin_diffusion.cascade import pipeline as pipeline_lib  # noqa: PLC0415
 
@@ -75,10 +82,14 @@ def run() -> None:
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
   try:
     app.run(main)
-  except ValueError as error:
+  except Exception as error:
+    status = exit_status.of_exception(error)
+    if status == exit_status.CRASH:
+      raise  # The traceback, and Python's status 1.
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    print(f"rin_diffusion.cascade: error: {' '.join(lines)}", file=sys.stderr)
-    sys.exit(2)
+    prefix = "error: " if status == exit_status.BAD_INPUT else ""
+    print(f"rin_diffusion.cascade: {prefix}{' '.join(lines)}", file=sys.stderr)
+    sys.exit(status)
 
 
 if __name__ == "__main__":
