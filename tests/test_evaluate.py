@@ -17,15 +17,17 @@ import trainer_utils as tu
 
 from rin_diffusion import config_lib, generate, sharding, train
 from rin_diffusion.evaluation import classifier as classifier_lib
-from rin_diffusion.evaluation import evaluate
+from rin_diffusion.evaluation import evaluate, metrics, reference
 from rin_diffusion.evaluation import inception as inception_lib
+from rin_diffusion.tools import fid as fid_tool
 
 FEATURES = 16
 
 
 class StandInInception:
-  """pool3 = pixels / 255 @ a fixed random matrix; logits (optional) = 100 one-hot of the argmax
-  of the first 5 features, so that p(y|x) is one-hot and the IS has a closed form."""
+  """pool3 = pixels / 255 @ a fixed random matrix; unbiased logits (optional) = 100 one-hot of the
+  argmax of the first 5 features, so that p(y|x) is one-hot and the IS has a closed form. The
+  biased logits add 150 to class 7: an IS taken from them would be exactly 1."""
 
   source = "stand-in projection"
   preprocessing = "stand-in: pixels / 255, projected"
@@ -40,10 +42,11 @@ class StandInInception:
   def compute(self, images, batch_size=32):
     del batch_size
     pool3 = self.pool3(np.asarray(images))
-    logits = None
+    logits = unbiased = None
     if self.has_logits:
-      logits = 100.0 * np.eye(1008)[np.argmax(pool3[:, :5], axis=1)]
-    return {"pool3": pool3, "logits": logits}
+      unbiased = 100.0 * np.eye(1008)[np.argmax(pool3[:, :5], axis=1)]
+      logits = unbiased + 150.0 * np.eye(1008)[7]
+    return {"pool3": pool3, "logits": logits, "logits_unbiased": unbiased}
 
 
 @pytest.fixture(scope="module")
@@ -81,9 +84,11 @@ def test_metrics_against_the_samples_own_statistics(setup):
       _expected_samples(config, model, params, mesh, num_samples, seed, batch_size=16))
   mu, sigma = _stats(features)
   shift = np.linspace(-1.0, 1.0, FEATURES)
-  # Real features: the first 12 samples' own features, so precision and recall are exactly 1 iff
-  # evaluate() compares the *first* 12 samples, in order.
-  reference_stats = {"mu": mu + shift, "sigma": sigma, "features": features[:12],
+  # Real features: 12 samples' own features, so precision and recall are exactly 1 iff evaluate()
+  # compares the same 12 samples (the shared seed-0 subset), in order.
+  chosen = metrics.subset_indices(num_samples, 12)
+  assert not np.array_equal(chosen, np.arange(12))  # Else the first 12 would pass too.
+  reference_stats = {"mu": mu + shift, "sigma": sigma, "features": features[chosen],
                      "num_images": 40, "description": "the samples themselves"}
   result = evaluate.evaluate(config, model, params, num_samples=num_samples, seed=seed, mesh=mesh,
                              inception=inception, reference_stats=reference_stats, batch_size=16)
@@ -102,7 +107,8 @@ def test_metrics_against_the_samples_own_statistics(setup):
   assert (result["sampler"], result["steps"], result["guidance"]) == ("ddpm", 2, 0.5)
   assert result["num_samples"] == 40 and result["sampling_batch_size"] == 16
   assert result["preprocessing"] == inception.preprocessing
-  assert result["cas"] is None and result["notes"] == []
+  assert result["notes"] == []
+  assert all(result[key] is None for key in evaluate.NO_CLASSIFIER_SCORES)
   timings = result["timings"]
   assert timings["sampling_s"] > 0 and timings["inception_s"] > 0
   assert timings["images_per_s"] == pytest.approx(40 / timings["sampling_s"])
@@ -123,26 +129,75 @@ def test_no_logits_means_no_inception_score_and_a_note(setup):
   assert any("logits" in note for note in result["notes"])
 
 
-def test_cas_scores_predictions_against_the_cycled_labels(setup):
-  """A classifier that always answers class 3 is right exactly on the samples conditioned on 3."""
+class RecordingScorer:
+  """A classifier.SampleScorer stand-in: records what it is given, returns fixed scores."""
+
+  real_classifier = classifier_lib.Classifier(None, 10, 0.9, 0.0, "real.npz", trained=False)
+
+  def __init__(self):
+    self.calls = []
+
+  def __call__(self, images, labels):
+    self.calls.append((np.array(images), np.array(labels)))
+    return {**evaluate.NO_CLASSIFIER_SCORES, "cas": 0.25, "cas_real_ceiling": 0.75,
+            "accuracy_on_samples": 0.5}
+
+
+def test_classifier_scores_train_on_the_samples_with_the_cycled_labels(setup):
+  """The scorer gets every sample, in order, with the label it was conditioned on."""
   config, model, params, mesh = setup
-  cnn = classifier_lib.Cnn(10)
-  cnn_params = cnn.init(jax.random.key(0), np.zeros((1, 32, 32, 1), np.uint8))["params"]
-  cnn_params = jax.tree.map(np.zeros_like, cnn_params)
-  last = sorted(k for k in cnn_params if k.startswith("Dense"))[-1]
-  cnn_params[last]["bias"] = np.eye(10, dtype=np.float32)[3]
-  always_three = classifier_lib.Classifier(cnn_params, 10, 1.0, 0.0, "none", trained=False)
   inception = StandInInception()
-  features = inception.pool3(_expected_samples(config, model, params, mesh, 30, 1, 16))
+  samples = _expected_samples(config, model, params, mesh, 30, 1, 16)
+  features = inception.pool3(samples)
   mu, sigma = _stats(features)
   cas_config = config.copy_and_resolve_references()
   cas_config.eval.cas = True
+  scorer = RecordingScorer()
   result = evaluate.evaluate(
       cas_config, model, params, num_samples=30, seed=1, mesh=mesh, inception=inception,
       reference_stats={"mu": mu, "sigma": sigma, "features": features, "num_images": 30,
-                       "description": "same"}, classifier=always_three, batch_size=16)
-  assert result["cas"] == pytest.approx(3 / 30)
-  assert result["cas_per_class"] == [0.0, 0.0, 0.0, 1.0] + [0.0] * 6
+                       "description": "same"}, classifier=scorer, batch_size=16)
+  [(images, labels)] = scorer.calls
+  np.testing.assert_array_equal(images, samples)
+  np.testing.assert_array_equal(labels, np.arange(30) % 10)
+  assert (result["cas"], result["cas_real_ceiling"], result["accuracy_on_samples"]) == (
+      0.25, 0.75, 0.5)
+  assert result["classifier"] == {"path": "real.npz", "test_accuracy": 0.9}
+  line = evaluate.record(3, [result])
+  assert (line["cas"], line["cas_real_ceiling"], line["accuracy_on_samples"]) == (0.25, 0.75, 0.5)
+  text = evaluate.summary(line, cas_config)
+  assert "CAS 25.0%, real-data CAS ceiling 75.0%, accuracy on samples 50.0%" in text
+
+
+def test_inception_score_and_precision_recall_agree_between_evaluate_and_tools_fid(
+    setup, tmp_path, monkeypatch, capsys):
+  """One IS (unbiased logits) and one P/R subset in both paths, on the same images."""
+  config, _, _, _ = setup
+  images = np.random.default_rng(4).integers(0, 256, (50, 32, 32, 1), dtype=np.uint8)
+  inception = StandInInception(has_logits=True)
+  features = inception.pool3(images)
+  real = np.random.default_rng(5).normal(size=(80, FEATURES)).astype(np.float32) + features.mean(0)
+  mu, sigma = _stats(real)
+  reference_stats = {"mu": mu, "sigma": sigma, "features": real, "num_images": 80,
+                     "description": "stand-in"}
+  scores = evaluate.score_images(config, images, np.arange(50) % 10, inception=inception,
+                                 reference_stats=reference_stats)
+  monkeypatch.setattr(inception_lib, "load_inception", lambda *a, **k: inception)
+  monkeypatch.setattr(reference, "reference_statistics", lambda *a, **k: reference_stats)
+  path = str(tmp_path / "samples.npz")
+  np.savez(path, images=images)
+  assert fid_tool.main([path, "fashion_mnist:test"]) == 0
+  tool = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  # The unbiased logits' closed form: the biased ones put every image in class 7 (IS exactly 1).
+  classes = np.argmax(features[:, :5], axis=1)
+  expected = [np.exp(-np.sum(p[p > 0] * np.log(p[p > 0]))) for p in
+              (np.bincount(part, minlength=5) / len(part) for part in np.split(classes, 10))]
+  assert scores["inception_score"] == pytest.approx(np.mean(expected), rel=1e-9)
+  assert tool["inception_score"] == pytest.approx(scores["inception_score"], rel=1e-9)
+  assert tool["inception_score_std"] == pytest.approx(scores["inception_score_std"], rel=1e-9)
+  assert tool["fid"] == pytest.approx(scores["fid"], rel=1e-9)
+  assert (tool["precision"], tool["recall"]) == (scores["precision"], scores["recall"])
+  assert tool["pr_num_features"] == scores["precision_recall_samples"] == 50
 
 
 def test_record_is_the_mean_and_std_over_seeds():
@@ -154,12 +209,17 @@ def test_record_is_the_mean_and_std_over_seeds():
        "num_samples": 8, "seed": 1, "sampler": "ddim", "steps": 5, "guidance": 0.0,
        "preprocessing": "p", "timings": {"sampling_s": 4.0, "images_per_s": 2.0}},
   ]
+  for result, ceiling, on_samples in zip(results, (0.9, 0.8), (0.95, 0.85)):
+    result.update(cas_real_ceiling=ceiling, accuracy_on_samples=on_samples)
   line = evaluate.record(7, results)
   assert line["step"] == 7 and line["mode"] == "eval" and line["seeds"] == [0, 1]
   assert (line["fid"], line["fid_std"]) == (2.0, 1.0)
   assert line["precision"] == pytest.approx(0.6) and line["precision_std"] == pytest.approx(0.1)
   assert (line["recall"], line["recall_std"]) == (0.5, 0.25)
   assert line["cas"] == pytest.approx(0.7) and line["cas_std"] == pytest.approx(0.1)
+  assert line["cas_real_ceiling"] == pytest.approx(0.85)
+  assert line["accuracy_on_samples"] == pytest.approx(0.9)
+  assert line["accuracy_on_samples_std"] == pytest.approx(0.05)
   assert line["is"] is None and line["is_std"] is None
   assert (line["sampler"], line["steps"], line["num_samples"]) == ("ddim", 5, 8)
 
@@ -181,7 +241,7 @@ class ShiftedInception:
     evaluation, offset = divmod(self.seen, self.num_samples)
     rows = self.base[offset:offset + count] + self.shifts[evaluation]
     self.seen += min(count, self.num_samples - offset)  # Padding rows do not count.
-    return {"pool3": rows, "logits": None}
+    return {"pool3": rows, "logits": None, "logits_unbiased": None}
 
 
 def test_in_loop_evaluation_keeps_the_best_checkpoint_across_restarts(tmp_path, monkeypatch,
@@ -315,10 +375,12 @@ def test_score_images_of_given_images(setup):
   features = inception.pool3(images)
   mu, sigma = _stats(features)
   shift = np.linspace(0.0, 2.0, FEATURES)
-  reference_stats = {"mu": mu + shift, "sigma": sigma, "features": features[:20],
+  reference_stats = {"mu": mu + shift, "sigma": sigma,
+                     "features": features[metrics.subset_indices(70, 20)],
                      "num_images": 70, "description": "the images themselves"}
   scores = evaluate.score_images(config, images, np.arange(70) % 10, inception=inception,
                                  reference_stats=reference_stats)
   assert scores["fid"] == pytest.approx(float(shift @ shift), rel=1e-6, abs=1e-6)
   assert scores["precision"] == 1.0 and scores["recall"] == 1.0
-  assert scores["cas"] is None and scores["num_samples"] == 70
+  assert scores["cas"] is None and scores["accuracy_on_samples"] is None
+  assert scores["num_samples"] == 70

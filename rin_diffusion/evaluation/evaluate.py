@@ -1,4 +1,4 @@
-"""Sample-quality evaluation of a RIN: FID, IS, precision/recall and CAS on many EMA samples.
+"""Sample-quality evaluation of a RIN: FID, IS, precision/recall and classifier scores of EMA samples.
 
   evaluator = make_evaluator(config, model, mesh)          # compiles once, loads Inception etc.
   result = evaluator(ema_params, num_samples=50_000, seed=0)
@@ -7,23 +7,31 @@
 Samples come from generate.sample_batches with the FID sampler settings (config.sampling.fid_sampler,
 fid_steps, fid_guidance). Conditional models get the labels j mod num_classes for sample j (every
 class equally often, and any prefix balanced); unconditional models get no class. Each process
-computes the Inception features (and classifier predictions) of the rows its devices sampled; the
-features, not the images, are then gathered so that every process holds all of them and computes
-the same metrics (process 0 writes them). Nothing holds all N images, on a device or on a host.
+computes the Inception features of the rows its devices sampled; the features, not the images, are
+then gathered so that every process holds all of them and computes the same metrics (process 0
+writes them). Nothing holds all N images, on a device or on a host, except with config.eval.cas:
+the CAS trains a classifier on the samples themselves, so their images are gathered too (only on
+the small datasets it is allowed for: Fashion-MNIST, 1 KB an image).
 
 Metrics, all against the real reference (config.eval.reference, default '<dataset.name>:train',
 config.eval.num_reference images through the same Inception, cached in config.eval.cache_dir):
 * fid: Frechet distance between Gaussian fits of the pool3 features (all N samples).
-* inception_score (+ _std over 10 splits): only when the Inception weights have the 1008-way
-  logits layer; the default weights do not, and the result then says so in `notes`.
-* precision / recall (k = 3, Kynkaanniemi et al. 2019): the first M samples against the M stored
-  reference features (M = min(N, reference features)), so both sets have the same size.
-* cas (+ cas_per_class): with config.eval.cas, the accuracy of a classifier trained on the real
-  training split on the samples against their conditioning labels (evaluation/classifier.py).
+* inception_score (+ _std over 10 splits): the softmax of the logits without the fc bias
+  ('logits_unbiased'), as the original TF code, tools.fid and every reference implementation take
+  it; only when the Inception weights have the 1008-way logits layer (the default weights do not,
+  and the result then says so in `notes`).
+* precision / recall (k = 3, Kynkaanniemi et al. 2019): M samples against M stored reference
+  features (M = min(N, reference features)), the larger set cut to a seed-0 random subset by
+  metrics.precision_recall_equal_sizes, as tools.fid cuts it.
+* with config.eval.cas (evaluation/classifier.py): cas (+ cas_per_class), a classifier trained on
+  the samples with their conditioning labels, tested on the real test split (Ravuri & Vinyals
+  2019); cas_real_ceiling, the same classifier trained on equally many real training images; and
+  accuracy_on_samples (+ _per_class), a classifier trained on real data applied to the samples
+  (Shmelkov et al.'s GAN-test: blind to mode collapse, a diagnostic, not the CAS).
 
-`inception`, `reference` and `classifier` can be passed in (tests use stand-ins): an Inception is
-any object with `.compute(uint8 images, batch_size) -> {'pool3', 'logits' or None}`,
-`.has_logits` and `.source`.
+`inception`, `reference_stats` and `classifier` can be passed in (tests use stand-ins): an
+Inception is any object with `.compute(uint8 images, batch_size) -> {'pool3', 'logits_unbiased' or
+None}`, `.has_logits` and `.source`; a classifier is a classifier.SampleScorer.
 """
 
 from __future__ import annotations
@@ -53,7 +61,11 @@ PR_NEIGHBOURS = 3
 IS_SPLITS = 10
 # The metrics an evaluation record carries (name in metrics.jsonl -> key in the result).
 RECORD_METRICS = {"fid": "fid", "is": "inception_score", "precision": "precision",
-                  "recall": "recall", "cas": "cas"}
+                  "recall": "recall", "cas": "cas", "cas_real_ceiling": "cas_real_ceiling",
+                  "accuracy_on_samples": "accuracy_on_samples"}
+# The record fields that must be equal for two FIDs to be compared (the best checkpoint's).
+COMPARABLE_SETTINGS = ("num_samples", "seeds", "sampler", "steps", "guidance", "labels",
+                       "preprocessing", "inception", "reference", "num_reference")
 
 
 def cache_dir(config: ml_collections.ConfigDict) -> str:
@@ -93,9 +105,11 @@ def check_inception_weights(config: ml_collections.ConfigDict) -> None:
     inception_lib.default_weights_path()
 
 
-def load_classifier(config: ml_collections.ConfigDict) -> classifier_lib.Classifier:
-  return _chief_first(lambda: classifier_lib.load_or_train(config.dataset, cache_dir(config)),
-                      "rin_diffusion_cas_classifier")
+def load_classifier(config: ml_collections.ConfigDict) -> classifier_lib.SampleScorer:
+  """The classifier scores of config.dataset (CAS, its ceiling, accuracy on samples); process 0
+  trains and caches the real classifier first."""
+  return _chief_first(lambda: classifier_lib.load_scorer(config.dataset, cache_dir(config)),
+                      "rin_diffusion_sample_classifier")
 
 
 def _chief_first(fn: Callable[[], Any], name: str) -> Any:
@@ -136,26 +150,28 @@ def _gather_rows(local: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 def _features(inception: Any, images: np.ndarray, batch_size: int) -> dict[str, np.ndarray | None]:
   """Inception outputs for a batch; fewer than `batch_size` images are padded up to it, so that
-  the last (cropped) sampling batch does not compile another Inception program."""
+  the last (cropped) sampling batch does not compile another Inception program. 'logits' are the
+  unbiased logits, the only ones an Inception Score is computed from."""
   count = images.shape[0]
   if count < batch_size:
     images = np.concatenate(
         [images, np.zeros((batch_size - count, *images.shape[1:]), images.dtype)])
   out = inception.compute(images, batch_size=batch_size)
   return {"pool3": np.asarray(out["pool3"], np.float32)[:count],
-          "logits": None if out.get("logits") is None else np.asarray(out["logits"])[:count]}
+          "logits": (None if out.get("logits_unbiased") is None
+                     else np.asarray(out["logits_unbiased"])[:count])}
 
 
 def make_evaluator(config: ml_collections.ConfigDict, model: nn.Module, mesh: jax.sharding.Mesh,
                    *, inception: Any = None, reference_stats: dict[str, Any] | None = None,
-                   classifier: classifier_lib.Classifier | None = None,
+                   classifier: classifier_lib.SampleScorer | None = None,
                    sampler: str | None = None, steps: int | None = None,
                    guidance: float | None = None, batch_size: int | None = None,
                    ) -> Callable[..., dict[str, Any]]:
   """evaluator(params, *, num_samples, seed) -> result dict (see the module docstring).
 
   Loads (or takes) the Inception, the reference statistics and, with config.eval.cas, the
-  classifier once; the sampler compiles on the first call and is reused.
+  classifier scorer once; the sampler compiles on the first call and is reused.
   """
   sampler, steps, guidance = fid_settings(config, sampler, steps, guidance)
   inception = inception or inception_lib.load_inception(
@@ -163,11 +179,22 @@ def make_evaluator(config: ml_collections.ConfigDict, model: nn.Module, mesh: ja
   reference_stats = reference_stats or load_reference(config, inception)
   if config.eval.cas and classifier is None:
     classifier = load_classifier(config)
-  predict = classifier_lib.make_predict_fn(classifier.num_classes) if classifier else None
   sample_fn = generate.make_batched_sample_fn(model, config, mesh, sampler=sampler, steps=steps,
                                               guidance=guidance)
   num_classes = int(config.model.num_classes)
   requested_batch = int(batch_size or config.eval_batch_size)
+
+  def settings(num_samples: int, seeds: list[int]) -> dict[str, Any]:
+    """What an evaluation of `num_samples` samples with these seeds compares (its record's
+    COMPARABLE_SETTINGS), known before it runs."""
+    return {
+        "num_samples": int(num_samples), "seeds": [int(s) for s in seeds], "sampler": sampler,
+        "steps": int(steps), "guidance": float(guidance),
+        "labels": f"sample j has class j mod {num_classes}" if num_classes else "unconditional",
+        "preprocessing": getattr(inception, "preprocessing", inception_lib.PREPROCESSING),
+        "inception": str(inception.source), "reference": reference_stats["description"],
+        "num_reference": int(reference_stats["num_images"]),
+    }
 
   def evaluator(params: Any, *, num_samples: int, seed: int) -> dict[str, Any]:
     if num_samples < 2:
@@ -179,8 +206,8 @@ def make_evaluator(config: ml_collections.ConfigDict, model: nn.Module, mesh: ja
     batches = generate.sample_batches(sample_fn, params, jax.random.key(seed), labels,
                                       batch_size=batch, mesh=mesh)
     local: dict[str, list[np.ndarray]] = {"index": [], "label": [], "pool3": [], "logits": [],
-                                          "predicted": []}
-    sampling_s = inception_s = classifier_s = 0.0
+                                          "image": []}
+    sampling_s = inception_s = 0.0
     while True:
       tick = time.time()
       chunk = next(batches, None)  # Waits for the devices: the sampling time.
@@ -195,34 +222,30 @@ def make_evaluator(config: ml_collections.ConfigDict, model: nn.Module, mesh: ja
       local["pool3"].append(features["pool3"])
       if features["logits"] is not None:
         local["logits"].append(features["logits"])
-      if predict is not None:
-        tick = time.time()
-        local["predicted"].append(predict(classifier.params, chunk.images))
-        classifier_s += time.time() - tick
+      if classifier is not None:  # The CAS trains on the samples themselves.
+        local["image"].append(np.asarray(chunk.images))
     rows = _gather_rows({k: np.concatenate(v) for k, v in local.items() if v})
     if rows["index"].shape[0] != num_samples:
       raise RuntimeError(f"Evaluation gathered {rows['index'].shape[0]} of {num_samples} samples.")
 
     tick = time.time()
-    scores = _scores(rows, reference_stats, classifier, inception)
+    scores = _scores(rows, reference_stats, inception)
     metrics_s = time.time() - tick
+    tick = time.time()
+    scores.update(_classifier_scores(classifier, rows))
+    classifier_s = time.time() - tick
     total_s = time.time() - start
+    described = settings(num_samples, [seed])
+    del described["seeds"]
     return {
         **{k: v for k, v in scores.items() if k not in ("precision_recall_samples", "notes")},
-        "num_samples": int(num_samples),
+        **described,
         "seed": int(seed),
-        "sampler": sampler,
-        "steps": int(steps),
-        "guidance": float(guidance),
-        "labels": f"sample j has class j mod {num_classes}" if num_classes else "unconditional",
         "sampling_batch_size": int(batch),
-        "preprocessing": getattr(inception, "preprocessing", inception_lib.PREPROCESSING),
-        "inception": str(inception.source),
-        "reference": reference_stats["description"],
-        "num_reference": int(reference_stats["num_images"]),
         "precision_recall_samples": scores["precision_recall_samples"],
         "classifier": None if classifier is None else {
-            "path": classifier.path, "test_accuracy": classifier.test_accuracy},
+            "path": classifier.real_classifier.path,
+            "test_accuracy": classifier.real_classifier.test_accuracy},
         "notes": scores["notes"],
         "timings": {
             "sampling_s": sampling_s, "inception_s": inception_s, "classifier_s": classifier_s,
@@ -231,13 +254,27 @@ def make_evaluator(config: ml_collections.ConfigDict, model: nn.Module, mesh: ja
         },
     }
 
+  evaluator.settings = settings
   return evaluator
 
 
+NO_CLASSIFIER_SCORES = {"cas": None, "cas_per_class": None, "cas_train_steps": None,
+                        "cas_real_ceiling": None, "accuracy_on_samples": None,
+                        "accuracy_on_samples_per_class": None}
+
+
+def _classifier_scores(classifier: classifier_lib.SampleScorer | None,
+                       rows: dict[str, np.ndarray]) -> dict[str, Any]:
+  """CAS, its real-data ceiling and accuracy on samples of rows ('image', 'label'); all None
+  without a classifier."""
+  if classifier is None:
+    return dict(NO_CLASSIFIER_SCORES)
+  return classifier(rows["image"], rows["label"])
+
+
 def _scores(rows: dict[str, np.ndarray], reference_stats: dict[str, Any],
-            classifier: classifier_lib.Classifier | None, inception: Any) -> dict[str, Any]:
-  """FID, IS, precision/recall and CAS of gathered rows ('pool3', 'logits'?, 'predicted'?,
-  'label')."""
+            inception: Any) -> dict[str, Any]:
+  """FID, IS and precision/recall of gathered rows ('pool3', 'logits'?)."""
   notes = []
   num_samples = rows["pool3"].shape[0]
   # For N <= 2048 samples one N x N eigendecomposition instead of two 2048 x 2048 ones.
@@ -252,49 +289,38 @@ def _scores(rows: dict[str, np.ndarray], reference_stats: dict[str, Any],
                  "1008-way logits layer; pass a pytorch-fid .pth with config.eval."
                  "inception_weights for IS.")
   real = np.asarray(reference_stats["features"], np.float32)
-  pr_count = min(num_samples, real.shape[0])
-  precision = recall = None
-  if pr_count > PR_NEIGHBOURS:
-    precision, recall = metrics.precision_recall(real[:pr_count], rows["pool3"][:pr_count],
-                                                 k=PR_NEIGHBOURS)
-  else:
+  precision_recall = metrics.precision_recall_equal_sizes(real, rows["pool3"], k=PR_NEIGHBOURS)
+  precision, recall, pr_count = precision_recall or (None, None, 0)
+  if precision_recall is None:
     notes.append(f"precision/recall: None: need more than k={PR_NEIGHBOURS} samples and "
                  "reference features.")
-  cas = cas_per_class = None
-  if classifier is not None and "predicted" in rows:
-    cas, cas_per_class = classifier_lib.accuracy(rows["predicted"], rows["label"],
-                                                 classifier.num_classes)
   return {"fid": float(fid), "inception_score": inception_score,
           "inception_score_std": inception_score_std, "precision": precision, "recall": recall,
-          "cas": cas, "cas_per_class": cas_per_class,
-          "precision_recall_samples": int(pr_count) if precision is not None else 0,
-          "notes": notes}
+          "precision_recall_samples": int(pr_count), "notes": notes}
 
 
 def score_images(config: ml_collections.ConfigDict, images: np.ndarray, labels: np.ndarray, *,
                  inception: Any = None, reference_stats: dict[str, Any] | None = None,
-                 classifier: classifier_lib.Classifier | None = None) -> dict[str, Any]:
-  """FID, IS, precision/recall (and CAS with config.eval.cas) of given uint8 images (N, H, W, C)
-  on one host, against config's reference: for images made elsewhere (a cascade's final stage)."""
+                 classifier: classifier_lib.SampleScorer | None = None) -> dict[str, Any]:
+  """FID, IS, precision/recall (and the classifier scores with config.eval.cas) of given uint8
+  images (N, H, W, C) on one host, against config's reference: for images made elsewhere (a
+  cascade's final stage)."""
   inception = inception or inception_lib.load_inception(
       config.eval.inception_weights or None, cache_dir=config.eval.cache_dir or None)
   reference_stats = reference_stats or load_reference(config, inception)
   if config.eval.cas and classifier is None:
     classifier = load_classifier(config)
   images = np.asarray(images)
-  rows: dict[str, list[np.ndarray]] = {"pool3": [], "logits": [], "predicted": []}
-  predict = classifier_lib.make_predict_fn(classifier.num_classes) if classifier else None
+  rows: dict[str, list[np.ndarray]] = {"pool3": [], "logits": []}
   for start in range(0, images.shape[0], INCEPTION_BATCH):
-    chunk = images[start:start + INCEPTION_BATCH]
-    features = _features(inception, chunk, INCEPTION_BATCH)
+    features = _features(inception, images[start:start + INCEPTION_BATCH], INCEPTION_BATCH)
     rows["pool3"].append(features["pool3"])
     if features["logits"] is not None:
       rows["logits"].append(features["logits"])
-    if predict is not None:
-      rows["predicted"].append(predict(classifier.params, chunk))
   gathered = {k: np.concatenate(v) for k, v in rows.items() if v}
-  gathered["label"] = np.asarray(labels)
-  scores = _scores(gathered, reference_stats, classifier, inception)
+  gathered.update(image=images, label=np.asarray(labels))
+  scores = _scores(gathered, reference_stats, inception)
+  scores.update(_classifier_scores(classifier, gathered))
   scores.update(num_samples=int(images.shape[0]), reference=reference_stats["description"],
                 num_reference=int(reference_stats["num_images"]))
   return scores
@@ -319,7 +345,7 @@ def record(step: int, results: list[dict[str, Any]]) -> dict[str, Any]:
   first = results[0]
   line: dict[str, Any] = {"step": int(step), "mode": "eval"}
   for name, key in RECORD_METRICS.items():
-    values = [r[key] for r in results]
+    values = [r.get(key) for r in results]
     if any(v is None for v in values):
       line[name], line[f"{name}_std"] = None, None
     else:
@@ -327,11 +353,18 @@ def record(step: int, results: list[dict[str, Any]]) -> dict[str, Any]:
   line.update({
       "num_samples": first["num_samples"], "seeds": [r["seed"] for r in results],
       "sampler": first["sampler"], "steps": first["steps"], "guidance": first["guidance"],
-      "preprocessing": first["preprocessing"],
+      "preprocessing": first["preprocessing"], "labels": first.get("labels"),
+      "inception": first.get("inception"), "reference": first.get("reference"),
+      "num_reference": first.get("num_reference"),
       "sampling_s": float(np.sum([r["timings"]["sampling_s"] for r in results])),
       "images_per_s": float(np.mean([r["timings"]["images_per_s"] for r in results])),
   })
   return line
+
+
+def comparable_settings(line: dict[str, Any]) -> dict[str, Any]:
+  """The settings of a record that must be equal for its FID to be compared with another's."""
+  return {name: line.get(name) for name in COMPARABLE_SETTINGS}
 
 
 def summary(line: dict[str, Any], config: ml_collections.ConfigDict) -> str:
@@ -340,7 +373,9 @@ def summary(line: dict[str, Any], config: ml_collections.ConfigDict) -> str:
   The samples' count and sampler come from the record itself; the reference from the config.
   """
   shown = (("FID", "fid", "{:.1f}"), ("IS", "is", "{:.2f}"), ("precision", "precision", "{:.3f}"),
-           ("recall", "recall", "{:.3f}"), ("CAS", "cas", "{:.1%}"))
+           ("recall", "recall", "{:.3f}"), ("CAS", "cas", "{:.1%}"),
+           ("real-data CAS ceiling", "cas_real_ceiling", "{:.1%}"),
+           ("accuracy on samples", "accuracy_on_samples", "{:.1%}"))
   metrics_text = ", ".join(f"{label} {form.format(line[key])}" for label, key, form in shown
                            if line.get(key) is not None)
   return (f"Evaluation at step {line['step']}: {line['num_samples']} samples ({line['sampler']}, "
@@ -391,8 +426,15 @@ class LoopEvaluation:
   successive evaluations differ only by the parameters), appends the record to metrics.jsonl,
   writes it to the metric writer and to eval/step_<N>.json, and saves the state to
   workdir/checkpoints_best/ (one checkpoint, Orbax, the same items as checkpoints/ plus 'eval')
-  when the FID is the lowest so far. The best FID is read back from that manager's metrics, so it
-  survives restarts.
+  when the FID is the lowest so far.
+
+  The best FID and the evaluation settings it was measured under (`comparable_settings`: sample
+  count, seeds, sampler, steps, guidance, reference, Inception) are read back from that manager's
+  metrics, so they survive restarts. An FID is only compared with one of the same settings: after
+  a change (another eval_num_samples, reference or sampler) the old best no longer counts, and the
+  first evaluation under the new settings replaces it. A restart from a regular checkpoint older
+  than the best one re-evaluates steps that may already be in checkpoints_best/; a lower FID there
+  replaces that step's checkpoint (Orbax refuses to save a step twice).
   """
 
   def __init__(self, config: ml_collections.ConfigDict, model: nn.Module,
@@ -402,23 +444,49 @@ class LoopEvaluation:
     self.writer = writer
     self.seed = int(config.seed) + 2  # The sample grids use seed + 1.
     self.evaluator = make_evaluator(config, model, mesh, **evaluator_kwargs)
+    # JSON of comparable_settings: stored with every best checkpoint, compared on restart.
+    self.settings = json.dumps(self.evaluator.settings(int(config.eval_num_samples), [self.seed]),
+                               sort_keys=True)
     self.manager = ocp.CheckpointManager(
         best_checkpoint_dir(workdir),
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=1, best_fn=lambda m: m["fid"], best_mode="min",
+            max_to_keep=1, best_fn=self._rank, best_mode="min",
             enable_async_checkpointing=True, cleanup_tmp_directories=True),
         item_names=("state", "data", "config", "eval"))
-    best_step = self.manager.best_step()
-    self.best_fid = (float(self.manager.metrics(best_step)["fid"]) if best_step is not None
-                     else math.inf)
+    self.best_fid = self._best_fid_under(self.settings)
+
+  def _rank(self, checkpoint_metrics: dict[str, Any]) -> float:
+    """Orbax's best_fn: the FID, or +inf for a checkpoint evaluated under other settings (so that
+    the first save under the current settings removes it)."""
+    if checkpoint_metrics.get("settings") != self.settings:
+      return math.inf
+    return float(checkpoint_metrics["fid"])
+
+  def _best_fid_under(self, settings: str) -> float:
+    """The lowest FID in checkpoints_best/ measured under `settings` (inf if none)."""
+    fids = [math.inf]
+    for step in self.manager.all_steps():
+      saved = self.manager.metrics(step) or {}
+      if saved.get("settings") == settings:
+        fids.append(float(saved["fid"]))
+      else:
+        logging.warning("checkpoints_best/%d was evaluated under other settings than this run's "
+                        "(%s); it is not compared, and the next better checkpoint replaces it.",
+                        step, settings)
+    return min(fids)
 
   def __call__(self, state: dict[str, Any], step: int, data_position: int) -> dict[str, Any]:
     result = self.evaluator(state["ema_params"], num_samples=int(self.config.eval_num_samples),
                             seed=self.seed)
     line = record(step, [result])
     write_results(self.workdir, step, line, [result])
-    self.writer.write_scalars(step, {f"eval/{k}": v for k, v in line.items()
-                                     if k in RECORD_METRICS and v is not None})
+    if self.writer is not None:
+      self.writer.write_scalars(step, {f"eval/{k}": v for k, v in line.items()
+                                       if k in RECORD_METRICS and v is not None})
+    settings = json.dumps(comparable_settings(line), sort_keys=True)
+    if settings != self.settings:
+      self.settings = settings
+      self.best_fid = self._best_fid_under(settings)
     fid = result["fid"]
     if jax.process_count() > 1:  # One decision for all processes (the save is collective).
       from jax.experimental import multihost_utils  # noqa: PLC0415
@@ -427,18 +495,27 @@ class LoopEvaluation:
     improved = fid < self.best_fid
     if improved:
       self.best_fid = fid
-      self.manager.save(
-          step,
-          args=ocp.args.Composite(
-              state=ocp.args.StandardSave(state),
-              data=ocp.args.JsonSave({"position": int(data_position), "step": int(step)}),
-              config=ocp.args.JsonSave(self.config.to_dict()),
-              eval=ocp.args.JsonSave(line)),
-          metrics={"fid": fid}, force=True)
-    logging.info("eval step %d: FID %.3f (best %.3f%s), IS %s, P %s, R %s, CAS %s; %.1f images/s",
-                 step, fid, self.best_fid, ", saved" if improved else "", line["is"],
-                 line["precision"], line["recall"], line["cas"], line["images_per_s"])
+      self._save(state, step, data_position, line, fid)
+    logging.info("eval step %d: FID %.3f (best %.3f%s), IS %s, P %s, R %s, CAS %s (real-data "
+                 "ceiling %s), accuracy on samples %s; %.1f images/s", step, fid, self.best_fid,
+                 ", saved" if improved else "", line["is"], line["precision"], line["recall"],
+                 line["cas"], line["cas_real_ceiling"], line["accuracy_on_samples"],
+                 line["images_per_s"])
     return line
+
+  def _save(self, state: dict[str, Any], step: int, data_position: int, line: dict[str, Any],
+            fid: float) -> None:
+    self.manager.wait_until_finished()  # all_steps() then includes a save still in flight.
+    if step in self.manager.all_steps():
+      self.manager.delete(step)  # Re-evaluated after a restart, with a lower FID: replace it.
+    self.manager.save(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            data=ocp.args.JsonSave({"position": int(data_position), "step": int(step)}),
+            config=ocp.args.JsonSave(self.config.to_dict()),
+            eval=ocp.args.JsonSave(line)),
+        metrics={"fid": fid, "settings": self.settings}, force=True)
 
   def close(self) -> None:
     self.manager.wait_until_finished()

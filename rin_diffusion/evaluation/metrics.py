@@ -5,6 +5,7 @@
   fid = frechet_distance_to_features(pool3, ref_mu, ref_sigma)  # The same, faster for N <= D.
   is_mean, is_std = inception_score(logits)
   precision, recall = precision_recall(real_pool3, fake_pool3, k=3)
+  precision, recall, count = precision_recall_equal_sizes(real_pool3, fake_pool3, k=3)
 """
 
 from __future__ import annotations
@@ -152,3 +153,27 @@ def precision_recall(real_features: np.ndarray, fake_features: np.ndarray, k: in
   precision = _fraction_inside(fake, real, real_radii, batch_size)
   recall = _fraction_inside(real, fake, fake_radii, batch_size)
   return precision, recall
+
+
+def subset_indices(total: int, size: int, seed: int = 0) -> np.ndarray:
+  """Sorted indices of a seed-fixed random `size`-subset of range(total); all of it if smaller."""
+  if size >= total:
+    return np.arange(total)
+  return np.sort(np.random.default_rng(seed).choice(total, size, replace=False))
+
+
+def precision_recall_equal_sizes(real_features: np.ndarray, fake_features: np.ndarray,
+                                 k: int = 3) -> tuple[float, float, int] | None:
+  """precision_recall on equally many real and fake features: (precision, recall, count).
+
+  k-NN radii grow with the sparsity of a set, so P/R compare like with like only at equal sizes:
+  the larger set is cut to count = min(N_real, N_fake) rows, a seed-0 random subset in its
+  original order (the same cut in the training loop, --mode=eval and tools.fid). None when
+  count <= k.
+  """
+  count = min(len(real_features), len(fake_features))
+  if count <= k:
+    return None
+  real = np.asarray(real_features)[subset_indices(len(real_features), count)]
+  fake = np.asarray(fake_features)[subset_indices(len(fake_features), count)]
+  return (*precision_recall(real, fake, k=k), count)

