@@ -4,6 +4,7 @@ ceiling, and accuracy_on_samples (a real classifier applied to samples); trainin
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import struct
 
@@ -212,3 +213,45 @@ def test_matching_subset_and_label_checks():
     classifier_lib.check_labels(np.array([0, 10]), 10, 2)
   with pytest.raises(ValueError, match="need 3 integer class labels"):
     classifier_lib.check_labels(np.array([0, 1]), 10, 3)
+
+
+class _PixelInception:
+  """A stand-in Inception for tools.fid: pool3 = the first 8 pixels, no logits."""
+  source, has_logits = "stand-in pixels", False
+
+  def compute(self, images, batch_size=32):
+    del batch_size
+    pool3 = np.asarray(images, np.float32).reshape(len(images), -1)[:, :8]
+    return {"pool3": pool3, "logits": None, "logits_unbiased": None}
+
+
+def test_fid_tool_cas_reads_labels_and_prints_the_three_scores(dataset, tmp_path, monkeypatch,
+                                                               capsys):
+  from rin_diffusion.evaluation import inception as inception_lib  # noqa: PLC0415
+  from rin_diffusion.evaluation import reference  # noqa: PLC0415
+  from rin_diffusion.tools import fid as fid_tool  # noqa: PLC0415
+
+  dataset_config, _ = dataset
+  monkeypatch.setattr(classifier_lib, "CAS_MIN_STEPS", 30)
+  monkeypatch.setattr(inception_lib, "load_inception", lambda *a, **k: _PixelInception())
+  features = np.random.default_rng(0).normal(size=(50, 8))
+  monkeypatch.setattr(reference, "reference_statistics", lambda *a, **k: {
+      "mu": features.mean(0), "sigma": np.cov(features.T), "features": features,
+      "num_images": 50, "description": "stand-in"})
+  images, labels = classifier_lib.load_split(dataset_config, "train")
+  path = str(tmp_path / "samples.npz")
+  np.savez(path, images=images[:100], labels=labels[:100])
+  flags = [f"--cache_dir={tmp_path / 'cache'}", f"--data_dir={dataset_config.data_dir}",
+           f"--manual_dir={dataset_config.manual_dir}"]
+  assert fid_tool.main([path, "fashion_mnist:test", "--cas", *flags]) == 0
+  result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  for key in ("cas", "cas_real_ceiling", "accuracy_on_samples"):
+    assert 0.0 <= result[key] <= 1.0, (key, result[key])
+  assert len(result["cas_per_class"]) == 10 and result["cas_train_steps"] == 30
+  assert result["cas_test_split"] == "fashion_mnist:test"
+  # Without labels, or against a dataset the classifiers are not built for: one error line.
+  np.savez(path, images=images[:100])
+  assert fid_tool.main([path, "fashion_mnist:test", "--cas", *flags]) == 2
+  assert "hold no 'labels'" in capsys.readouterr().err
+  assert fid_tool.main([path, "imagenet2012:validation", "--cas", *flags]) == 2
+  assert "--cas: the reference 'imagenet2012:validation'" in capsys.readouterr().err

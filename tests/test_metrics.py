@@ -144,3 +144,14 @@ def test_precision_recall_mode_collapse_and_batching_matches_brute_force():
   assert 0.0 < expected[0] < 1.0 and 0.0 < expected[1] < 1.0
   with pytest.raises(ValueError, match="more than k"):
     metrics.precision_recall(real[:3], fake, k=3)
+
+
+def test_precision_recall_equal_sizes_cuts_the_larger_set_to_a_seed_0_subset():
+  rng = np.random.default_rng(0)
+  real, fake = rng.normal(size=(30, 4)), rng.normal(size=(12, 4))
+  precision, recall, count = metrics.precision_recall_equal_sizes(real, fake, k=3)
+  chosen = metrics.subset_indices(30, 12)
+  assert count == 12 and len(chosen) == 12 and np.all(np.diff(chosen) > 0)
+  assert (precision, recall) == metrics.precision_recall(real[chosen], fake, k=3)
+  np.testing.assert_array_equal(metrics.subset_indices(5, 9), np.arange(5))
+  assert metrics.precision_recall_equal_sizes(real, fake[:3], k=3) is None
