@@ -102,7 +102,8 @@ def sample_output(model: nn.Module, config: ml_collections.ConfigDict, params: A
       input_scale=float(dcfg.input_scale), pred_type=dcfg.pred_type, cond=cond,
       null_cond=null_cond, guidance=guidance if num_classes > 0 else 0.0,
       td=float(config.sampling.td), hidden_init=networks.zero_hidden(config, batch), t_end=t_end,
-      t_start=t_start, guidance_interval=tuple(config.sampling.guidance_interval))
+      t_start=t_start, guidance_interval=tuple(config.sampling.guidance_interval),
+      time_grid=config.sampling.get("time_grid", "") or None)
 
 
 def _sample_images(model: nn.Module, config: ml_collections.ConfigDict, params: Any, key: jax.Array,

@@ -56,13 +56,25 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rin_diffusion import diffusion, learned_variance
+from rin_diffusion import diffusion, learned_variance, schedules
 
 PyTree = Any
 DenoiseFn = Callable[[jax.Array, jax.Array, PyTree, PyTree], tuple[jax.Array, PyTree]]
 
-SAMPLERS = ("ddpm", "ddpm_small", "ddim", "ddpm_learned")
+SAMPLERS = ("ddpm", "ddpm_small", "ddim", "ddpm_learned", "dpmpp_2m", "heun")
+# The deterministic second-order solvers of the probability-flow ODE (docs/samplers.md).
+ODE_SAMPLERS = ("dpmpp_2m", "heun")
+TIME_GRIDS = ("uniform_t", "logsnr", "edm")
+# The grid each sampler uses when none is named (docs/samplers.md has the measurements behind it).
+DEFAULT_TIME_GRID = {"ddpm": "uniform_t", "ddpm_small": "uniform_t", "ddim": "uniform_t",
+                     "ddpm_learned": "uniform_t", "dpmpp_2m": "logsnr", "heun": "uniform_t"}
+EDM_RHO = 7.0  # Karras et al. 2022, eq. 5: sigma_i^(1 / rho) is uniform in i.
+# EDM's sigma_max for data in [-1, 1] (times b on the scaled data): the 'logsnr' and 'edm' grids
+# start there, not at the offset cosine's sigma(1) ~ 1.3e4, which would spend half of a 10-step
+# 'edm' grid above sigma = 10 where the ODE is a straight line.
+EDM_SIGMA_MAX = 80.0
 _MIN_VARIANCE = 1e-20
+_BISECTION_STEPS = 48  # Halvings of [t_end, t_start]: far below float32's resolution of t.
 
 
 def samplers_for(learned_variance: bool) -> tuple[str, ...]:
@@ -102,15 +114,69 @@ def check_guidance_interval(interval) -> tuple[float, float]:
   return lo, hi
 
 
-def time_grid(steps: int, td: float = 0.0, t_end: float = 0.0,
-              t_start: float = 1.0) -> tuple[jax.Array, jax.Array]:
-  """(t_now, t_next), each float32 of shape (steps,), of the uniform grid over [t_end, t_start]."""
+def time_grid(steps: int, td: float = 0.0, t_end: float = 0.0, t_start: float = 1.0, *,
+              kind: str = "uniform_t",
+              gamma_fn: Callable[[jax.Array], jax.Array] | None = None,
+              input_scale: float = 1.0) -> tuple[jax.Array, jax.Array]:
+  """(t_now, t_next), each float32 of shape (steps,), of a grid over [t_end, t_start].
+
+  Step i runs from u = i / steps to u = min((i + 1 + td) / steps, 1) of a coordinate that `kind`
+  spaces uniformly between the two ends (u = 0 is t_start, u = 1 is t_end, both exactly):
+  * 'uniform_t': t itself (spec-rin 6.1);
+  * 'logsnr': log(gamma / (1 - gamma)) (DPM-Solver's "logSNR" grid);
+  * 'edm': sigma^(1 / rho), sigma = sqrt((1 - gamma) / gamma), rho = 7 (Karras et al. 2022 eq. 5).
+  The last two need `gamma_fn`; their t are found by bisection of the monotone gamma_fn, so the
+  sampler still evaluates gamma_fn(t) and guidance_interval still reads t. gamma is clipped to
+  [CLIP_MIN, GAMMA_MAX] for the coordinate, so an end at gamma = 1 (sigma = 0) stays finite. Their
+  coordinate starts at sigma = min(sigma(t_start), EDM_SIGMA_MAX b): above that the first step
+  jumps from t_start to the grid's second point (the flow is a straight line there).
+  """
   check_time_grid(steps, td, t_end, t_start)
+  diffusion.check_choice("config.sampling.time_grid", kind, TIME_GRIDS)
   i = np.arange(steps, dtype=np.float64)
-  span = t_start - t_end
-  t_now = t_start - i / steps * span
-  t_next = np.maximum(t_start - (i + 1.0 + td) / steps * span, t_end)
+  u_now, u_next = i / steps, np.minimum((i + 1.0 + td) / steps, 1.0)
+  if kind == "uniform_t":
+    span = t_start - t_end
+    t_now = t_start - u_now * span
+    t_next = np.maximum(t_start - (i + 1.0 + td) / steps * span, t_end)
+  else:
+    if gamma_fn is None:
+      raise ValueError(f"time_grid kind={kind!r} needs the schedule gamma_fn")
+    sigma_max = EDM_SIGMA_MAX * float(input_scale)
+    t_now = _invert_grid(gamma_fn, kind, u_now, t_end, t_start, sigma_max)
+    t_next = _invert_grid(gamma_fn, kind, u_next, t_end, t_start, sigma_max)
   return jnp.asarray(t_now, jnp.float32), jnp.asarray(t_next, jnp.float32)
+
+
+_grid = time_grid  # sample()'s time_grid argument shadows the function inside it.
+
+
+def _noise_level(gamma: np.ndarray, kind: str) -> np.ndarray:
+  """The grid coordinate of `kind` (not 'uniform_t'), increasing with the noise; float64."""
+  gamma = np.clip(np.asarray(gamma, np.float64), schedules.CLIP_MIN, schedules.GAMMA_MAX)
+  if kind == "logsnr":
+    return np.log1p(-gamma) - np.log(gamma)  # -logSNR.
+  return ((1.0 - gamma) / gamma) ** (0.5 / EDM_RHO)  # sigma^(1 / rho).
+
+
+def _invert_grid(gamma_fn: Callable[[jax.Array], jax.Array], kind: str, u: np.ndarray,
+                 t_end: float, t_start: float, sigma_max: float) -> np.ndarray:
+  """The t in [t_end, t_start] whose noise level is the fraction u of the way from the start's
+  (t_start's, capped at sigma_max) to t_end's: bisection on t, vectorised over u. Runs eagerly even
+  inside a jit trace (the grid is a compile-time constant, like the uniform one)."""
+  with jax.ensure_compile_time_eval():
+    level = lambda t: _noise_level(  # noqa: E731
+        np.asarray(gamma_fn(jnp.asarray(t, jnp.float32))), kind)
+    start = min(level(np.float64(t_start)), _noise_level(1.0 / (1.0 + sigma_max**2), kind))
+    end = level(np.float64(t_end))
+    target = start + u * (end - start)
+    lo, hi = np.full_like(u, t_end), np.full_like(u, t_start)
+    for _ in range(_BISECTION_STEPS):
+      mid = 0.5 * (lo + hi)
+      noisier = level(mid) > target
+      hi, lo = np.where(noisier, mid, hi), np.where(noisier, lo, mid)
+  # The ends exactly, whatever the float32 rounding of gamma_fn near them.
+  return np.where(u <= 0.0, t_start, np.where(u >= 1.0, t_end, 0.5 * (lo + hi)))
 
 
 def _is_zero(w) -> bool:
@@ -123,14 +189,20 @@ def sample(denoise_fn: DenoiseFn, noise: jax.Array, key: jax.Array, *,
            null_cond: PyTree = None, guidance: float = 0.0, td: float = 0.0,
            hidden_init: PyTree = None, clip_x0: bool = True, t_end: float = 0.0,
            t_start: float = 1.0,
-           guidance_interval: tuple[float, float] = (0.0, 1.0)) -> SampleOutput:
+           guidance_interval: tuple[float, float] = (0.0, 1.0),
+           time_grid: str | None = None) -> SampleOutput:
   """Runs the reverse process from `noise`, the state at t_start (pure noise at the default 1),
   down to t_end. A t_start < 1 continues from a partly noised image (SDEdit, Meng et al. 2022).
 
   denoise_fn(x_t, gamma, cond, hidden) -> (pred, hidden_out) gets the un-normalised state x_t and
   gamma of shape (batch,); it applies normalize_input and the network itself.
+
+  `steps` are grid intervals: 'heun' calls the denoiser 2 steps - 1 times (calls_per_run), the
+  others `steps` times (twice the batch where guided). time_grid: one of TIME_GRIDS, None (or '')
+  for the sampler's DEFAULT_TIME_GRID.
   """
   diffusion.check_choice("config.sampling.sampler", sampler, SAMPLERS)
+  grid_kind = time_grid or DEFAULT_TIME_GRID[sampler]
   diffusion.check_choice("config.diffusion.pred_type", pred_type, diffusion.PRED_TYPES)
   chex.assert_type(noise, float, custom_message="samplers.sample: noise must be float")
   chex.assert_tree_shape_prefix(
@@ -138,7 +210,11 @@ def sample(denoise_fn: DenoiseFn, noise: jax.Array, key: jax.Array, *,
       custom_message="samplers.sample: cond, null_cond and hidden_init need noise's batch size")
   if isinstance(input_scale, (int, float)) and not input_scale > 0:
     raise ValueError(f"config.diffusion.input_scale={input_scale!r}; allowed: a number > 0")
-  t_now, t_next = time_grid(steps, td, t_end, t_start)
+  if sampler in ODE_SAMPLERS and not td == 0:
+    raise ValueError(f"config.sampling.td={td!r}; allowed: 0 with the ODE solver {sampler!r}, "
+                     "whose steps must meet end to end")
+  t_now, t_next = _grid(steps, td, t_end, t_start, kind=grid_kind, gamma_fn=gamma_fn,
+                        input_scale=input_scale)
   guide_lo, guide_hi = check_guidance_interval(guidance_interval)
   x_init = jnp.asarray(noise, jnp.float32)
   batch = x_init.shape[0]
@@ -220,6 +296,117 @@ def sample(denoise_fn: DenoiseFn, noise: jax.Array, key: jax.Array, *,
       x_next = mean + jnp.sqrt(var) * z
     return (x_next, hidden_out, step_key, x0_hat), None
 
-  init = (x_init, hidden_init, key, jnp.zeros_like(x_init))
-  (x_final, _, _, x0_last), _ = jax.lax.scan(step, init, (t_now, t_next))
+  def x0_eps(x, gamma, hidden, t):
+    """(x0'-hat, eps-hat, hidden out) of one denoiser call at the scalar gamma (time t)."""
+    gammas = jnp.full((batch,), gamma)
+    pred, hidden_out = denoise(x, gammas, hidden, t)
+    hidden_out = tree_map(lambda h, c: jnp.asarray(h, c.dtype), hidden_out, hidden)
+    x0_hat, eps_hat = diffusion.predict_x0_eps(
+        pred, x, gammas, pred_type=pred_type, input_scale=input_scale, clip_x0=clip_x0,
+        truncate_noise=True)
+    return x0_hat, eps_hat, hidden_out
+
+  def ddim_update(x0_hat, x, gamma_now, gamma_next):
+    """DDIM's step with a given x0'-hat, its eps re-derived from x (an 'x0' head, unclipped)."""
+    _, eps = diffusion.predict_x0_eps(x0_hat, x, gamma_now, pred_type="x0",
+                                      input_scale=input_scale, clip_x0=False)
+    return jnp.sqrt(gamma_next) * x0_hat + jnp.sqrt(1.0 - gamma_next) * eps
+
+  # Where the run ends at the data (t_end = 0, log-SNR ~ +16 or infinite), DPM-Solver++'s last step
+  # is first order ("lower_order_final"): extrapolating x0-hat linearly over that unbounded log-SNR
+  # step overshoots, and the first-order step returns the last x0-hat itself (as heun's Euler).
+  final_first_order = t_end == 0.0
+
+  def dpmpp_2m_step(carry, xs):
+    """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2) in lambda = logSNR / 2: the DDIM step taken
+    with D = x0-hat + h / (2 h_prev) (x0-hat - previous x0-hat), h = lambda_next - lambda_now."""
+    x, hidden, step_key, x0_prev, lambda_prev = carry
+    t_pair, index = xs
+    gamma_now = jnp.asarray(gamma_fn(t_pair[0]), jnp.float32)
+    gamma_next = jnp.asarray(gamma_fn(t_pair[1]), jnp.float32)
+    x0_hat, _, hidden_out = x0_eps(x, gamma_now, hidden, t_pair[0])
+    lambda_now = 0.5 * schedules.logsnr(gamma_now)
+    lambda_next = 0.5 * schedules.logsnr(gamma_next)
+    h_prev = lambda_now - lambda_prev
+    # Also first order after a step of no length (near gamma = 1 float32 may round two grid
+    # points' gammas alike), where the ratio h / h_prev has no meaning.
+    first_order = jnp.logical_or(index == 0, h_prev <= 0.0)
+    if final_first_order:
+      first_order = jnp.logical_or(first_order, index == steps - 1)
+    # where() before the product: the unused ratio may be inf or nan.
+    ratio = jnp.where(first_order, 0.0, (lambda_next - lambda_now) / (2.0 * h_prev))
+    x0_combined = x0_hat + ratio * (x0_hat - x0_prev)
+    x_next = ddim_update(x0_combined, x, gamma_now, gamma_next)
+    return (x_next, hidden_out, step_key, x0_hat, lambda_now), None
+
+  def karras_sigma(gamma):
+    """sigma of Karras et al.'s x / sqrt(gamma) = x0' + sigma eps: sqrt((1 - gamma) / gamma)."""
+    gamma = jnp.clip(gamma, schedules.CLIP_MIN, 1.0)
+    return jnp.sqrt((1.0 - gamma) / gamma)
+
+  heun_sigma_max = EDM_SIGMA_MAX * input_scale
+
+  def heun_step(carry, xs):
+    """Karras et al. 2022, Algorithm 1 (deterministic) on y = x / sqrt(gamma), dy / dsigma = eps-hat:
+    an Euler step (= DDIM) and the trapezoidal correction with eps-hat at the Euler point (a second
+    call, fed the first call's hidden), except on the last step (which may end at sigma = 0) and on
+    steps from above sigma_max = EDM_SIGMA_MAX b. Up there eps-hat is constant to (b s / sigma)^2
+    (s the data's std), so Euler is exact to that order, while the trapezoid would weight the whole
+    step by the end point's slope: from the offset cosine's sigma(1) ~ 1.3e4 to sigma = 10 that
+    moved y by ~1 where the flow moves it by 1e-3."""
+    x, hidden, step_key, _ = carry
+    t_pair, is_last = xs
+    gamma_now = jnp.asarray(gamma_fn(t_pair[0]), jnp.float32)
+    gamma_next = jnp.asarray(gamma_fn(t_pair[1]), jnp.float32)
+    x0_hat, eps_now, hidden = x0_eps(x, gamma_now, hidden, t_pair[0])
+    x_euler = jnp.sqrt(gamma_next) * x0_hat + jnp.sqrt(1.0 - gamma_next) * eps_now
+    # y_next - y_euler = (sigma_next - sigma_now) (eps_next - eps_now) / 2, times sqrt(gamma_next).
+    scale = 0.5 * jnp.sqrt(gamma_next) * (karras_sigma(gamma_next) - karras_sigma(gamma_now))
+
+    def correct(hidden):
+      _, eps_next, hidden = x0_eps(x_euler, gamma_next, hidden, t_pair[1])
+      return x_euler + scale * (eps_next - eps_now), hidden
+
+    # A cond, not a select: the last step's skipped call costs nothing.
+    euler_only = jnp.logical_or(is_last, karras_sigma(gamma_now) > heun_sigma_max)
+    x_next, hidden = jax.lax.cond(euler_only, lambda h: (x_euler, h), correct, hidden)
+    return (x_next, hidden, step_key, x0_hat), None
+
+  zeros = jnp.zeros_like(x_init)
+  if sampler == "dpmpp_2m":
+    init = (x_init, hidden_init, key, zeros, jnp.zeros((), jnp.float32))
+    xs = ((t_now, t_next), jnp.arange(steps))
+    (x_final, _, _, x0_last, _), _ = jax.lax.scan(dpmpp_2m_step, init, xs)
+  elif sampler == "heun":
+    xs = ((t_now, t_next), jnp.arange(steps) == steps - 1)
+    (x_final, _, _, x0_last), _ = jax.lax.scan(heun_step, (x_init, hidden_init, key, zeros), xs)
+  else:
+    init = (x_init, hidden_init, key, zeros)
+    (x_final, _, _, x0_last), _ = jax.lax.scan(step, init, (t_now, t_next))
   return SampleOutput(x0=x0_last / input_scale, x_t=x_final)
+
+
+def calls_per_run(sampler: str, steps: int, *, gamma_fn: Callable[[jax.Array], jax.Array],
+                  time_grid: str | None = None, t_end: float = 0.0, t_start: float = 1.0,
+                  input_scale: float = 1.0) -> int:
+  """Denoiser calls of one run (each a 2B-batch call where guided): `steps`, except for 'heun',
+  which makes 2 per step but 1 on the last step (no call at the end point, which may be sigma = 0)
+  and on the steps from above EDM_SIGMA_MAX b (the first step of every grid from t = 1 with the
+  offset cosine: 2 steps - 2 calls)."""
+  diffusion.check_choice("config.sampling.sampler", sampler, SAMPLERS)
+  if sampler != "heun":
+    return int(steps)
+  t_now, _ = _grid(steps, 0.0, t_end, t_start, kind=time_grid or DEFAULT_TIME_GRID[sampler],
+                   gamma_fn=gamma_fn, input_scale=input_scale)
+  with jax.ensure_compile_time_eval():
+    gamma = np.clip(np.asarray(gamma_fn(t_now[:-1]), np.float64), schedules.CLIP_MIN, 1.0)
+  euler_only = np.sqrt((1.0 - gamma) / gamma) > EDM_SIGMA_MAX * input_scale
+  return int(2 * steps - 1 - np.sum(euler_only))
+
+
+def steps_for_calls(sampler: str, calls: int, **grid_kwargs) -> int:
+  """The most steps whose calls_per_run (same keyword arguments) is at most `calls` (>= 1 step)."""
+  steps = 1
+  while calls_per_run(sampler, steps + 1, **grid_kwargs) <= calls:
+    steps += 1
+  return steps
