@@ -1,0 +1,44 @@
+"""tools/nfe_table: one record per (sampler, calls, grid, guidance) cell, scored by the evaluation
+code, at toy size (tiny untrained model, the stand-in Inception of test_evaluate)."""
+
+import numpy as np
+import pytest
+import trainer_utils as tu
+from test_evaluate import StandInInception
+
+from rin_diffusion import samplers, schedules, sharding, train
+from rin_diffusion.evaluation import evaluate
+from rin_diffusion.tools import nfe_table
+
+
+def test_table_cells_match_the_evaluator(tmp_path):
+  config = tu.tiny_config(str(tmp_path / "data"))
+  mesh = sharding.make_mesh(config.mesh)
+  model, _, init_fn, _, _ = train.build(config, mesh)
+  params = init_fn(0)["ema_params"]
+  inception = StandInInception()
+  real = inception.pool3(np.random.default_rng(0).integers(0, 256, (64, 32, 32, 1), np.uint8))
+  reference_stats = {"mu": real.mean(0), "sigma": np.cov(real, rowvar=False), "features": real,
+                     "num_images": 64, "description": "stand-in"}
+  rows = list(nfe_table.table(
+      config, model, params, mesh, sampler_names=["dpmpp_2m", "heun"], calls=[3, 4],
+      time_grids=["", "edm"], guidances=[0.0], num_samples=8, inception=inception,
+      reference_stats=reference_stats))
+  assert [(r["sampler"], r["time_grid"], r["calls_budget"]) for r in rows] == [
+      (s, g, c) for s, grids in (("dpmpp_2m", ("logsnr", "edm")), ("heun", ("uniform_t", "edm")))
+      for g in grids for c in (3, 4)]
+  gamma_fn = schedules.gamma_fn(config.diffusion.infer_schedule)
+  for row in rows:
+    assert row["calls"] <= row["calls_budget"]
+    assert row["calls"] == samplers.calls_per_run(row["sampler"], row["steps"], gamma_fn=gamma_fn,
+                                                  time_grid=row["time_grid"])
+    assert np.isfinite(row["fid"]) and row["precision"] is not None
+  # heun within 3 calls: the jump from sigma(1), then an Euler step (2 steps, 2 calls); 4: 3 steps.
+  assert [r["steps"] for r in rows if r["sampler"] == "heun"] == [2, 3, 2, 3]
+  # A cell is exactly --mode=eval's evaluation with that sampler, steps and grid.
+  config.sampling.time_grid = "edm"
+  config.eval.cas = False
+  want = evaluate.make_evaluator(config, model, mesh, inception=inception,
+                                 reference_stats=reference_stats, sampler="heun", steps=3,
+                                 guidance=0.0)(params, num_samples=8, seed=0)
+  assert rows[-1]["fid"] == pytest.approx(want["fid"], rel=1e-6)
