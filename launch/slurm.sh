@@ -111,8 +111,11 @@ TRAIN=(env)
 [[ -z ${FLAGS[tfds_data_dir]} ]] || TRAIN+=("TFDS_DATA_DIR=${FLAGS[tfds_data_dir]}")
 TRAIN+=("${FLAGS[python]}" "${ENTRY[@]}"
   "--workdir=${FLAGS[workdir]}" "${TRAINER_ARGS[@]}")
+# --kill-on-bad-exit=0: after a preemption every task exits 75, one a moment after the other;
+# killing the rest at the first 75 would turn the step's status into 137 and lose the requeue. A
+# task that crashes takes the others down through jax's coordination service instead.
 SRUN=(srun "--nodes=${FLAGS[nodes]}" "--ntasks-per-node=$TASKS_PER_NODE" --gpu-bind=none
-  --kill-on-bad-exit=1)
+  --kill-on-bad-exit=0)
 # shellcheck disable=SC2016  # The single-quoted $... are expanded by each task's shell.
 if ((TASKS_PER_NODE == 1)); then
   # Process 0 runs on the job's first node; the port is derived from the job id, as jax does.

@@ -65,7 +65,9 @@ def initialize(given: Flags) -> None:
                        f"0..{num_processes - 1}")
     # CPU processes exchange arrays through gloo; other backends ignore the setting.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    # Explicit means explicit: without 'deactivate', jax still reads SLURM's variables and gives
+    # each process only the device of its SLURM_LOCALID (one GPU of eight per node).
     jax.distributed.initialize(coordinator_address=address, num_processes=num_processes,
-                               process_id=process_id)
+                               process_id=process_id, cluster_detection_method="deactivate")
   elif given.distributed.value == "auto":
     jax.distributed.initialize()

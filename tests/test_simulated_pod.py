@@ -158,3 +158,48 @@ def test_queued_resource_pod_from_launch_to_a_table_row(tmp_path):
                          capture_output=True, text=True, cwd=tu.REPO, timeout=120, check=True)
   row = [line for line in table.stdout.splitlines() if line.startswith(f"| {NAME} ")]
   assert row and row[0].rstrip(" |").endswith(f"{evals[0]['fid']:.2f}"), table.stdout
+
+
+def test_slurm_job_requeues_itself_on_preemption_and_finishes(tmp_path):
+  """launch/slurm.sh under fake sbatch/srun/scontrol: 2 nodes (2 processes); SIGTERM to the tasks
+  (--signal=TERM@N before the time limit) -> exit 75 -> scontrol requeue -> resume -> exit 0."""
+  cloud, workdir = str(tmp_path / "cloud"), str(tmp_path / "run")
+  os.makedirs(cloud)
+  manual_dir, data_dir = tu.fake_fashion_mnist(str(tmp_path / "data"))
+  env = {**os.environ, "PATH": FAKES + os.pathsep + os.environ["PATH"], "FAKE_CLOUD_DIR": cloud,
+         "FAKE_CLOUD_PYTHON": sys.executable,
+         "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  env = {k: v for k, v in env.items() if not k.startswith("SLURM_")}
+  submitted = subprocess.run(
+      ["bash", os.path.join(tu.REPO, "launch", "slurm.sh"), "--nodes=2", "--gpus_per_node=1",
+       f"--python={sys.executable}", "--config=configs/fashion_mnist.py:tiny",
+       f"--workdir={workdir}", f"--tfds_data_dir={data_dir}", "--time=01:00:00", "--",
+       f"--config.dataset.manual_dir={manual_dir}", f"--config.dataset.data_dir={data_dir}",
+       "--config.total_steps=16", "--config.checkpoint_every_steps=4",
+       "--config.optimizer.decay=constant", "--config.sample_every_steps=0"],
+      env=env, capture_output=True, text=True, timeout=60, check=False)
+  assert submitted.returncode == 0, submitted.stderr
+  job_id = submitted.stdout.split()[-1]
+  job_dir = os.path.join(cloud, "jobs", job_id)
+  runs = os.path.join(job_dir, "runs")
+
+  def output():
+    path = os.path.join(job_dir, "output.log")
+    return open(path).read() if os.path.exists(path) else ""
+
+  _wait(lambda: _checkpoints(workdir) and _checkpoints(workdir)[-1] >= 4 or os.path.exists(runs),
+        "checkpoint 4", 240)
+  assert not os.path.exists(runs), output()[-3000:]
+  subprocess.run([sys.executable, os.path.join(FAKES, "fake_cloud.py"), "sim", "slurm-signal",
+                  job_id], env=env, check=True, timeout=30)
+  _wait(lambda: os.path.exists(runs) and len(open(runs).read().split()) == 2, "the requeued run",
+        300)
+  assert open(runs).read().split() == ["75", "0"], output()[-3000:]
+  sbatch = [c for c in _calls(cloud) if c[0] == "sbatch"][0]
+  assert "--requeue" in sbatch and "--signal=TERM@120" in sbatch
+  assert ["scontrol", "requeue", job_id] in _calls(cloud)
+  assert [c[0] for c in _calls(cloud)].count("srun") == 2
+  assert "requeueing job" in output() and output().count("Resumed from") == 2
+  records = tu.read_metrics(workdir)
+  assert {r["step"] for r in records if "loss" in r} == set(range(1, 17))
+  assert _checkpoints(workdir)[-1] == 16

@@ -1,6 +1,6 @@
 """A fake Google Cloud TPU and SLURM for the simulated pod (tests/test_simulated_pod.py).
 
-The shims in this folder (gcloud, uv, sudo, google_metadata_script_runner) run
+The shims in this folder (gcloud, uv, sudo, google_metadata_script_runner, sbatch, srun, scontrol) run
 this file. Every call is appended to $FAKE_CLOUD_DIR/calls.jsonl. A queued resource is a folder
 $FAKE_CLOUD_DIR/qr/NAME holding its state and its startup script; its "workers" are local process
 groups running that script with the environment a TPU VM worker would give the trainer (its own
@@ -9,7 +9,8 @@ the TPU metadata that jax.distributed.initialize() reads on a real slice).
 
 The test drives the cloud's side with `fake_cloud.py sim preempt|crash|state NAME`: a preemption
 marks the resource SUSPENDING, sends SIGTERM to every worker (as the VMs' shutdown does), waits for
-them to exit and marks it SUSPENDED; a crash SIGKILLs the trainer processes on a live slice.
+them to exit and marks it SUSPENDED; a crash SIGKILLs the trainer processes on a live slice;
+`sim slurm-signal JOB_ID` sends SIGTERM to a SLURM job's tasks, as --signal=TERM@N does.
 Only the commands the launchers use are implemented; anything else fails loudly.
 """
 
@@ -206,10 +207,101 @@ def sim(verb: str, name: str) -> None:
         except ProcessLookupError:
           pass
     print(killed)
+  elif verb == "slurm-signal":  # SLURM's --signal=TERM@N (or a preemption): SIGTERM every task.
+    with open(os.path.join(_job_dir(name), "tasks")) as f:
+      for pid in f.read().split():
+        try:
+          os.kill(int(pid), signal.SIGTERM)
+        except ProcessLookupError:
+          pass
   elif verb == "state":
     print(_read_state(name) or "MISSING")
   else:
     _fail(f"sim {verb} is not simulated")
+
+
+# ----------------------------------------------------------------------------------------------
+# SLURM: a job is a folder $FAKE_CLOUD_DIR/jobs/ID; a detached runner runs its batch script, and
+# again for every `scontrol requeue ID` made while it ran (the job's next allocation).
+
+
+def _job_dir(job_id: str) -> str:
+  return os.path.join(ROOT, "jobs", job_id)
+
+
+def sbatch(args: list[str]) -> None:
+  _record(["sbatch", *args])
+  script_index = next(i for i, a in enumerate(args) if not a.startswith("-"))
+  options, script = _flags(args[:script_index]), args[script_index:]
+  job_id = str(10000 + int.from_bytes(os.urandom(2), "big") % 50000)
+  os.makedirs(_job_dir(job_id))
+  with open(os.path.join(_job_dir(job_id), "job.json"), "w") as f:
+    json.dump({"options": options, "script": script}, f)
+  subprocess.Popen([sys.executable, os.path.abspath(__file__), "job-runner", job_id],
+                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   start_new_session=True)
+  print(f"Submitted batch job {job_id}")
+
+
+def job_runner(job_id: str) -> None:
+  with open(os.path.join(_job_dir(job_id), "job.json")) as f:
+    job = json.load(f)
+  options = job["options"]
+  env = {**os.environ, "PATH": HERE + os.pathsep + os.environ["PATH"], "SLURM_JOB_ID": job_id,
+         "SLURM_JOB_NUM_NODES": options.get("--nodes", "1"), "SLURM_JOB_NODELIST": "localhost",
+         "SLURM_GPUS_ON_NODE": options.get("--gpus-per-node", "1")}
+  requeue = os.path.join(_job_dir(job_id), "requeue")
+  while True:
+    with open(os.path.join(_job_dir(job_id), "output.log"), "a") as log:
+      status = subprocess.run(["bash", *job["script"]], env=env, cwd=options.get("--chdir", "/"),
+                              stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                              check=False).returncode
+    with open(os.path.join(_job_dir(job_id), "runs"), "a") as f:
+      f.write(f"{status}\n")
+    if not os.path.exists(requeue):
+      return
+    os.remove(requeue)  # Requeued (it has --requeue): the next allocation runs the script again.
+
+
+def srun(args: list[str]) -> None:
+  _record(["srun", *args])
+  command_index = next(i for i, a in enumerate(args) if not a.startswith("-"))
+  options, command = _flags(args[:command_index]), args[command_index:]
+  count = int(options.get("--nodes", "1")) * int(options.get("--ntasks-per-node", "1"))
+  tasks = [subprocess.Popen(command, env={**os.environ, "SLURM_PROCID": str(i),
+                                          "SLURM_NTASKS": str(count), "SLURM_LOCALID": "0",
+                                          "SLURM_NODEID": str(i)})
+           for i in range(count)]
+  with open(os.path.join(_job_dir(os.environ["SLURM_JOB_ID"]), "tasks"), "w") as f:
+    f.write("".join(f"{task.pid}\n" for task in tasks))
+
+  def forward(signum, frame):
+    del frame
+    for task in tasks:
+      task.send_signal(signum)
+
+  signal.signal(signal.SIGTERM, forward)
+  statuses = [None] * count
+  while None in statuses:
+    for i, task in enumerate(tasks):
+      if statuses[i] is None and task.poll() is not None:
+        statuses[i] = task.returncode
+        if task.returncode != 0 and options.get("--kill-on-bad-exit") == "1":
+          for other in tasks:  # --kill-on-bad-exit: the step ends with its first failed task.
+            if other.poll() is None:
+              other.kill()
+    time.sleep(0.1)
+  sys.exit(max(status if status >= 0 else 128 - status for status in statuses))
+
+
+def scontrol(args: list[str]) -> None:
+  _record(["scontrol", *args])
+  if args[:2] == ["show", "hostnames"]:
+    print("localhost")
+  elif args[0] == "requeue":
+    open(os.path.join(_job_dir(args[1]), "requeue"), "w").close()
+  else:
+    _fail(f"scontrol {args[0]} is not simulated")
 
 
 def gcloud(args: list[str]) -> None:
@@ -228,6 +320,10 @@ def main() -> None:
     gcloud(args)
   elif tool == "sim":
     sim(args[0], args[1])
+  elif tool in ("sbatch", "srun", "scontrol"):
+    {"sbatch": sbatch, "srun": srun, "scontrol": scontrol}[tool](args)
+  elif tool == "job-runner":
+    job_runner(args[0])
   elif tool == "sudo":
     _record(["sudo", *args])
     os.execvp(args[0], args)
