@@ -223,6 +223,34 @@ def _set_dotted(config: ml_collections.ConfigDict, dotted: str, value: Any) -> N
   node[leaf] = value
 
 
+# How each Table-1 config fits a slice at the paper's batch (1024, data parallel as shipped),
+# measured by compiling its train step ahead of time with libtpu's TPU compiler:
+#   python -m rin_diffusion.tools.plan --config=configs/imagenet<R>.py --topology=v4-128 \
+#       [--config.model.dtype=bfloat16 --config.model.remat=True]
+# (README "Performance and memory plans"; 5.5-8 minutes each). 1024 in float32 without remat is
+# refused by the compiler on v5e-256 and left 2-3 GiB at 512/768 on v4-128, so it runs in bfloat16
+# activations (parameters, optimizer state, softmax and the loss stay float32) with full remat.
+FITTING_PLANS = {
+    64: dict(slice="v4-128", dtype="float32", remat=False, peak_gib=6.71, hbm_gib=32),
+    128: dict(slice="v4-128", dtype="float32", remat=False, peak_gib=8.70, hbm_gib=32),
+    256: dict(slice="v4-128", dtype="float32", remat=False, peak_gib=19.54, hbm_gib=32),
+    512: dict(slice="v4-128", dtype="float32", remat=False, peak_gib=29.06, hbm_gib=32),
+    768: dict(slice="v4-128", dtype="float32", remat=False, peak_gib=29.71, hbm_gib=32),
+    1024: dict(slice="v4-128", dtype="bfloat16", remat=True, peak_gib=21.23, hbm_gib=32),
+}
+
+
+def plan_overrides(resolution: int) -> list[str]:
+  """The trainer flags that make configs/imagenet<resolution>.py fit its FITTING_PLANS slice."""
+  plan = FITTING_PLANS[resolution]
+  flags = []
+  if plan["dtype"] != "float32":
+    flags.append(f"--config.model.dtype={plan['dtype']}")
+  if plan["remat"]:
+    flags.append("--config.model.remat=True")
+  return flags
+
+
 def imagenet_config(resolution: int, arg: str = "") -> ml_collections.ConfigDict:
   """The paper's class-conditional ImageNet config at `resolution`, with `arg`'s tokens applied."""
   if resolution not in TABLE1:
@@ -325,6 +353,9 @@ def imagenet_config(resolution: int, arg: str = "") -> ml_collections.ConfigDict
           f"{config_path(resolution)}:{arg}: {key}={raw!r} is not a valid {parse.__name__} "
           f"(sets config.{field}).") from None
     _set_dotted(c, field, value)
+  if "runlocal" not in flags:
+    # A run is complete with its table cell: FID-50k (the paper's protocol) at the last step.
+    c.eval_every_steps = c.total_steps
   return c
 
 

@@ -243,14 +243,21 @@ def test_paper_tables_table1_rows_come_from_the_model():
   assert config_rows[0][params] == "214.43"  # Exact count, not the paper's rounded "214".
 
 
-def test_paper_tables_table2_and_cli(capsys):
+def test_paper_tables_table2_and_cli(capsys, tmp_path):
   rows = paper_tables.table2()
   assert all(r[-1] == "yes" for r in rows[1::2])
   paper_tables.main(["--tables=2"])
   out = capsys.readouterr().out
   assert "Cosine (first 70%)" in out and "cosine@0.7" in out and "910K" in out
   with pytest.raises(SystemExit):
-    paper_tables.main(["--tables=5"])
+    paper_tables.main(["--tables=6"])
+  # Table 5 (FID per resolution): ours read from WORKDIR_ROOT/in<R>/metrics.jsonl.
+  run = tmp_path / "in256"
+  run.mkdir()
+  (run / "metrics.jsonl").write_text('{"step": 3, "mode": "eval", "fid": 7.125}\n')
+  paper_tables.main(["--tables=5", f"--workdir_root={tmp_path}"])
+  rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| imagenet")]
+  assert rows[2] == "| imagenet256 | 3.52 | 186.2 | 7.12 |" and rows[0].endswith("| - |")
 
 
 def test_flop_closed_form_agrees_with_xla():
