@@ -25,7 +25,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from rin_diffusion import config_lib
+from rin_diffusion import config_fields
 
 # config.init_from.params -> the state entry it names (config_lib takes the allowed values here).
 INIT_FROM_PARAMS = {"ema": "ema_params", "params": "params"}
@@ -245,8 +245,8 @@ def config_differences(saved: Mapping[str, Any] | None,
   """
   if saved is None or config is None:
     return {}
-  have = config_lib.flatten(saved)
-  want = config_lib.flatten(json.loads(json.dumps(config.to_dict())))  # Tuples become lists, as saved.
+  have = config_fields.flatten(saved)
+  want = config_fields.flatten(json.loads(json.dumps(config.to_dict())))  # Tuples become lists, as saved.
   show = lambda side, k: repr(side[k]) if k in side else "absent"  # noqa: E731
   return {k: (show(have, k), show(want, k)) for k in sorted(set(have) | set(want))
           if show(have, k) != show(want, k)}

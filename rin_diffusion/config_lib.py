@@ -6,12 +6,11 @@ Configs are data: each file's `get_config(arg)` starts from `base_config()` and 
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from collections.abc import Mapping
-from typing import Any
 
 import ml_collections
+
+from rin_diffusion import config_fields
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -215,15 +214,8 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-  """{'a': {'b': 1}} -> {'a.b': 1}: a config dict as dotted field names."""
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, Mapping):
-      flat.update(flatten(value, f"{prefix}{key}."))
-    else:
-      flat[f"{prefix}{key}"] = value
-  return flat
+# Kept here for callers of config_lib.flatten; it lives below the modules that compare configs.
+flatten = config_fields.flatten
 
 
 def _choices() -> dict[str, tuple[str, ...]]:
@@ -274,12 +266,6 @@ def _get(config: ml_collections.ConfigDict, dotted: str):
   return value
 
 
-GRAIN_MISSING = (
-    "config.dataset.loader='grain' needs the grain package, which this environment lacks: "
-    "pip install 'grain>=0.2.18' (rin_diffusion's setup.py requires it), or set "
-    "config.dataset.loader='threads'.")
-
-
 def validate(config: ml_collections.ConfigDict) -> None:
   """Checks a config before anything is built or written; raises one ValueError per problem.
 
@@ -288,6 +274,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   """
   # Deferred: configs must load without jax.
   from rin_diffusion import generate, networks, optim, samplers, schedules
+  from rin_diffusion.data import grain_loader
 
   for field in ("total_steps", "batch_size", "log_every_steps", "checkpoint_every_steps",
                 "grad_accum_steps"):
@@ -306,8 +293,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     value = _get(config, field)
     if value not in allowed:
       raise ValueError(f"config.{field}={value!r} is not allowed; allowed: {', '.join(allowed)}.")
-  if config.dataset.loader == "grain" and importlib.util.find_spec("grain") is None:
-    raise ValueError(GRAIN_MISSING)
+  if config.dataset.loader == "grain":
+    grain_loader.check_installed()
   for field in ("diffusion.train_schedule", "diffusion.infer_schedule"):
     try:
       schedules.gamma_fn(_get(config, field))

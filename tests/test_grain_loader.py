@@ -9,7 +9,7 @@ import pytest
 import trainer_utils
 
 from rin_diffusion import config_lib
-from rin_diffusion.data import pipeline, testing
+from rin_diffusion.data import grain_loader, pipeline, testing
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +87,7 @@ def test_unknown_loader_is_named(test_images_config):
 
 def test_missing_grain_is_one_clear_error(monkeypatch, test_images_config):
   monkeypatch.setitem(sys.modules, "grain", None)  # `import grain` raises ImportError.
-  monkeypatch.setattr(config_lib.importlib.util, "find_spec",
+  monkeypatch.setattr(grain_loader.importlib.util, "find_spec",
                       lambda name, *a: None if name == "grain" else object())
   config = test_images_config.copy_and_resolve_references()
   config.dataset.loader = "grain"

@@ -12,12 +12,10 @@ iterator state, only `start_step`.
 
 from __future__ import annotations
 
-from typing import Any
+import importlib.util
+from typing import Any, Protocol
 
 from absl import flags
-
-from rin_diffusion import config_lib
-from rin_diffusion.data import pipeline
 
 # More steps than any run takes; grain's range dataset needs an end.
 _LAST_STEP = 1 << 60
@@ -25,18 +23,40 @@ _LAST_STEP = 1 << 60
 BUFFER_PER_PROCESS = 2
 
 
+GRAIN_MISSING = (
+    "config.dataset.loader='grain' needs the grain package, which this environment lacks: "
+    "pip install 'grain>=0.2.18' (rin_diffusion's setup.py requires it), or set "
+    "config.dataset.loader='threads'.")
+
+
+class StepBatches(Protocol):
+  """What this loader needs of pipeline.BatchMaker (the pipeline imports this module, not back)."""
+
+  source: Any
+  local_batch_size: int
+  low_resolution: int
+
+  def __call__(self, step: int) -> dict[str, Any]: ...
+
+
+def check_installed() -> None:
+  """Raises ValueError(GRAIN_MISSING) when grain cannot be imported; config_lib.validate calls it."""
+  if importlib.util.find_spec("grain") is None:
+    raise ValueError(GRAIN_MISSING)
+
+
 def _import_grain():
   try:
     import grain  # noqa: PLC0415 -- only this loader needs it.
   except ImportError as e:
-    raise ValueError(config_lib.GRAIN_MISSING) from e
+    raise ValueError(GRAIN_MISSING) from e
   return grain
 
 
 class GrainBatchIterator:
   """Same interface as pipeline.BatchIterator: next(), position, close(), a context manager."""
 
-  def __init__(self, maker: pipeline.BatchMaker, start_step: int, num_processes: int,
+  def __init__(self, maker: StepBatches, start_step: int, num_processes: int,
                buffer_per_process: int = BUFFER_PER_PROCESS):
     if start_step < 0:
       raise ValueError(f"start_step={start_step}: must be >= 0.")
