@@ -8,7 +8,7 @@ Table 2: 250K steps, batch 1024, LAMB lr 2e-3, "Cosine (first 70%)" = 'cosine@0.
 dropout.
 Paper result (Table 5): FID 3.50, IS 120.4 (the b = 0.6, 1-t cell of Table 4 also reads 3.5).
 
-Args (comma-separated, see rin_diffusion/paper_configs.py): runlocal, patch8, b=<float>,
+Args (comma-separated, see rin_diffusion/paper_configs.py): runlocal, synthetic, patch8, b=<float>,
 schedule=<gamma>, steps=<int>, batch=<int>, lr=<float>, decay=<spec>.
 
 Paper vs reference code, and what is chosen here:

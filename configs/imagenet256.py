@@ -8,8 +8,9 @@ Table 2: 250K steps, batch 1024, LAMB lr 2e-3, "Cosine (first 70%)" = 'cosine@0.
 dropout.
 Paper result (Table 5): FID 3.52, IS 186.2.
 
-Args (comma-separated, see rin_diffusion/paper_configs.py): runlocal, b=<float>, schedule=<gamma>,
-steps=<int>, batch=<int>, lr=<float>, decay=<spec>. (Patch 8 is already the default here.)
+Args (comma-separated, see rin_diffusion/paper_configs.py): runlocal, synthetic, b=<float>,
+schedule=<gamma>, steps=<int>, batch=<int>, lr=<float>, decay=<spec>. (Patch 8 is already the
+default here.)
 
 Paper vs reference code, and what is chosen here:
 * Input scale: Table 1 says b = 0.5, but Table 4's b = 0.5, 1-t cell reads FID 5.07 and the 3.52 of

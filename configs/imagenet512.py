@@ -7,8 +7,8 @@ blocks 6,6,6,6,6,6, 16 heads, 320 M parameters, input scale b = 0.2, gamma(t) = 
 Table 2: 1M steps, batch 1024, LAMB lr 1e-3, constant LR after warm-up, no label dropout.
 Paper result (Table 5): FID 3.95, IS 216.
 
-Args (comma-separated, see rin_diffusion/paper_configs.py): runlocal, b=<float>, schedule=<gamma>,
-steps=<int>, batch=<int>, lr=<float>, decay=<spec>.
+Args (comma-separated, see rin_diffusion/paper_configs.py): runlocal, synthetic, b=<float>,
+schedule=<gamma>, steps=<int>, batch=<int>, lr=<float>, decay=<spec>.
 
 Paper vs reference code, and what is chosen here:
 * gamma(t) = cosine@0.2,1,1 (Table 1). Its footnote says 1 - t "should work as well but it is not

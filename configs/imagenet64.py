@@ -2,6 +2,9 @@
 
   python -m rin_diffusion.main --config=configs/imagenet64.py --workdir=gs://BUCKET/in64
   python -m rin_diffusion.main --config=configs/imagenet64.py:runlocal --workdir=/tmp/in64
+  # Without ImageNet: a generated stand-in with its features (tests/test_synthetic_imagenet.py).
+  python -m rin_diffusion.main --config=configs/imagenet64.py:runlocal,synthetic --workdir=/tmp/x \
+      --config.total_steps=2
 
 Table 1: patch 4x4 -> 256 x 512 interface tokens, 128 x 768 latents (126 learned + time + class),
 blocks 6,6,6,6, 16 heads, 214 M parameters, input scale b = 1.0, gamma(t) = 1 - t ('linear').
@@ -9,8 +12,8 @@ Table 2: 150K steps, batch 1024, LAMB lr 2e-3, "Cosine (first 70%)" = 'cosine@0.
 dropout.
 Paper result (Table 5): FID 2.04, IS 55.8 (50K samples, 1000 DDPM steps, no guidance).
 
-Args (comma-separated, see rin_diffusion/paper_configs.py): runlocal, patch8, release, b=<float>,
-schedule=<gamma>, steps=<int>, batch=<int>, lr=<float>, decay=<spec>.
+Args (comma-separated, see rin_diffusion/paper_configs.py): runlocal, synthetic, patch8, release,
+b=<float>, schedule=<gamma>, steps=<int>, batch=<int>, lr=<float>, decay=<spec>.
 
 Paper vs reference code, and what is chosen here:
 * Patch size: 4 (the .md version of the paper, the spec; it gives 214.43 M, matching "214M").

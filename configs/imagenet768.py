@@ -7,8 +7,8 @@ blocks 8,8,8,8,8,8, 16 heads, 408 M parameters, input scale b = 0.1, gamma(t) = 
 Table 2: 1M steps, batch 1024, LAMB lr 1e-3, constant LR after warm-up, label dropout 0.1.
 Paper result (Table 5): FID 5.60, IS 196.2.
 
-Args (comma-separated, see rin_diffusion/paper_configs.py): runlocal, b=<float>, schedule=<gamma>,
-steps=<int>, batch=<int>, lr=<float>, decay=<spec>.
+Args (comma-separated, see rin_diffusion/paper_configs.py): runlocal, synthetic, b=<float>,
+schedule=<gamma>, steps=<int>, batch=<int>, lr=<float>, decay=<spec>.
 
 Paper vs reference code, and what is chosen here:
 * The reference code has no 768px config; everything not in the paper's tables follows its

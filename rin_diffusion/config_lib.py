@@ -46,7 +46,8 @@ def base_config() -> ml_collections.ConfigDict:
   )
 
   c.dataset = ml_collections.ConfigDict()
-  c.dataset.name = "imagenet2012"  # A TFDS name, or 'fashion_mnist' for the built-in dataset.
+  # A TFDS name, 'fashion_mnist' (built in from local files) or 'synthetic_imagenet2012' (generated).
+  c.dataset.name = "imagenet2012"
   c.dataset.split = "train"
   c.dataset.data_dir = ""  # TFDS data_dir ('' = TFDS default, or $TFDS_DATA_DIR).
   c.dataset.manual_dir = ""  # Raw files for builders that need them ('' = builder default).

@@ -11,6 +11,12 @@ comma-separated list of tokens (the part after ':' in `--config=configs/imagenet
                       MLP ratios; tape_dim 32, latent_dim 64, 16 latents, 1 layer per block,
                       4 heads), batch 8, 20 steps, tiny log/checkpoint/sample intervals, 4 sampling
                       steps. The dataset stays the configured one (imagenet2012 at that size).
+  synthetic           dataset.name 'synthetic_imagenet2012' instead of 'imagenet2012': a small
+                      generated stand-in with imagenet2012's features (JPEG images of varied sizes,
+                      1000-class labels), written in array_record into config.dataset.data_dir
+                      ('' = the TFDS default) on first use (rin_diffusion/data/synthetic_imagenet.py).
+                      With runlocal, the ImageNet smoke run on any machine:
+                      --config=configs/imagenet64.py:runlocal,synthetic --config.total_steps=2
   patch8              patch size 8 at 64 and 128 (the other version of the paper's Table 1 lists
                       8x8 patches there, and Table 5 says "patch size of 8" for the 64px model).
                       Only for 64 and 128: from 256 up the default already is patch 8.
@@ -26,9 +32,9 @@ comma-separated list of tokens (the part after ':' in `--config=configs/imagenet
   decay=<spec>        optimizer.decay: 'cosine@rho', 'cosine_hold@rho', 'cosine' or 'constant'
                       (see optim.learning_rate_schedule; checked by validate()).
 
-Order: release/patch8 first, then runlocal, then the key=value tokens, so an explicit value always
-wins (e.g. 'runlocal,steps=100'). A token may appear once. Anything else raises ValueError naming
-the token and listing the allowed ones. Note: tokens are separated by ',', so a schedule with
+Order: release/patch8 first, then runlocal and synthetic, then the key=value tokens, so an
+explicit value always wins (e.g. 'runlocal,steps=100'). A token may appear once. Anything else
+raises ValueError naming the token and listing the allowed ones. Note: tokens are separated by ',', so a schedule with
 arguments must be the last token: 'runlocal,schedule=sigmoid@0,3,0.5' (everything after
 'schedule=' is taken as the schedule).
 
@@ -71,6 +77,11 @@ import ml_collections
 from rin_diffusion import config_lib
 
 RESOLUTIONS = (64, 128, 256, 512, 768, 1024)
+# The `synthetic` token's dataset: data.synthetic_imagenet.NAME, spelled out because configs load
+# without TFDS (tests/test_synthetic_imagenet.py checks that the two agree).
+SYNTHETIC_DATASET = "synthetic_imagenet2012"
+# Flag tokens of every resolution; VARIANTS adds patch8 / release where they exist.
+_FLAG_TOKENS = ("runlocal", "synthetic")
 
 # Table 1 (model hyper-parameters). tokens / latents are (count, width); the token count is
 # (image_size / patch)^2 and follows from the patch size; latents include the time and class tokens.
@@ -176,7 +187,7 @@ def config_path(resolution: int) -> str:
 
 def allowed_tokens(resolution: int) -> list[str]:
   """The `get_config(arg)` tokens accepted for `resolution`."""
-  flags = ["runlocal"] + [name for (res, name) in VARIANTS if res == resolution]
+  flags = [*_FLAG_TOKENS] + [name for (res, name) in VARIANTS if res == resolution]
   return flags + [f"{key}=<value>" for key in _KEY_VALUE_TOKENS]
 
 
@@ -203,7 +214,7 @@ def _parse_arg(resolution: int, arg: str) -> tuple[set[str], dict[str, str]]:
       if not value:
         raise ValueError(f"{where}: token {token!r} has no value; allowed: {allowed}.")
       values[key] = value
-    elif token == "runlocal" or (resolution, token) in VARIANTS:
+    elif token in _FLAG_TOKENS or (resolution, token) in VARIANTS:
       if token in flags:
         raise ValueError(f"{where}: {token!r} is given twice.")
       flags.add(token)
@@ -343,6 +354,8 @@ def imagenet_config(resolution: int, arg: str = "") -> ml_collections.ConfigDict
     o.ema_warmup = True  # 20 steps: an un-warmed EMA would still be the initialisation.
     s.steps = 4
     s.num_samples = 8
+  if "synthetic" in flags:
+    c.dataset.name = SYNTHETIC_DATASET  # Same features as imagenet2012, generated on first use.
 
   for key, raw in values.items():
     field, parse = _KEY_VALUE_TOKENS[key]

@@ -16,17 +16,14 @@ import io
 import os
 import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import ml_collections
 import numpy as np
 import PIL.Image
 import tensorflow_datasets as tfds
 
-from rin_diffusion.data import fashion_mnist
-
-if TYPE_CHECKING:  # The loader imports this module; only the annotation needs it here.
-  from rin_diffusion.data import grain_loader
+from rin_diffusion.data import fashion_mnist, grain_loader, synthetic_imagenet
 
 # Datasets whose images are smaller than `image_size` are zero-padded (centred) instead of being
 # upsampled: Fashion-MNIST 28x28 -> 32x32 puts 2 black pixels on each side.
@@ -157,7 +154,8 @@ def make_source(dataset_config: ml_collections.ConfigDict) -> TfdsSource:
   """A random-access source for `config.dataset`: len(src), src[i] -> {'image', 'label'}.
 
   'fashion_mnist' is the local builder (prepared from the raw idx files on first use, never
-  downloading); any other name is a TFDS dataset that must already be prepared in array_record
+  downloading) and 'synthetic_imagenet2012' the generated stand-in for imagenet2012 (written on
+  first use); any other name is a TFDS dataset that must already be prepared in array_record
   format in `config.dataset.data_dir` ('' = TFDS default).
   """
   validate_dataset_config(dataset_config)
@@ -165,12 +163,15 @@ def make_source(dataset_config: ml_collections.ConfigDict) -> TfdsSource:
   data_dir = dataset_config.data_dir
   if name in PAD_DATASETS:
     builder = fashion_mnist.prepare(data_dir, dataset_config.manual_dir)
+  elif name == synthetic_imagenet.NAME:
+    builder = synthetic_imagenet.prepare(data_dir)
   else:
     try:
       builder = tfds.builder(name, data_dir=data_dir or None)
     except tfds.core.registered.DatasetNotFoundError as e:
       raise ValueError(
-          f"config.dataset.name={name!r}: unknown dataset; allowed: 'fashion_mnist' (built in) or "
+          f"config.dataset.name={name!r}: unknown dataset; allowed: 'fashion_mnist' (built in), "
+          f"{synthetic_imagenet.NAME!r} (generated) or "
           "a TFDS dataset name such as 'imagenet2012', 'lsun/church_outdoor' or 'celeb_a' (a "
           f"registered builder, or one prepared in config.dataset.data_dir={data_dir!r}).") from e
     if not builder.is_prepared():
@@ -470,7 +471,5 @@ def make_iterator(
   maker = BatchMaker(source, config.dataset, config.batch_size, config.seed, process_index,
                      process_count, int(cascade.low_resolution) if cascade is not None else 0)
   if config.dataset.get("loader", "threads") == "grain":
-    from rin_diffusion.data import grain_loader  # noqa: PLC0415 -- it imports this module.
-
     return grain_loader.GrainBatchIterator(maker, start_step, config.dataset.num_workers)
   return BatchIterator(maker, start_step)
