@@ -58,18 +58,26 @@ def make_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.Checkpo
                                item_handlers=_item_handlers())
 
 
-def open_reader(workdir: str) -> ocp.CheckpointManager | None:
-  """A read-only manager of `workdir`'s checkpoints, or None when it has none yet.
+def best_checkpoint_dir(workdir: str) -> epath.Path:
+  """Where the in-loop evaluation keeps the checkpoint with the lowest FID (evaluate.py)."""
+  return checkpoint_dir(workdir).parent / "checkpoints_best"
+
+
+def open_reader(workdir: str, directory: epath.Path | None = None) -> ocp.CheckpointManager | None:
+  """A read-only manager of `workdir`'s checkpoints (or of `directory`), or None when there are
+  none yet.
 
   It creates, cleans and writes nothing (unlike make_manager's, which clears half-written saves on
   start), so the checks of restore_latest happen before the workdir changes at all.
   """
-  directory = checkpoint_dir(workdir)
+  directory = checkpoint_dir(workdir) if directory is None else epath.Path(directory)
   if not directory.is_dir():
     return None
+  # checkpoints_best/ holds one more item, the evaluation record.
+  handlers = {**_item_handlers(), "eval": ocp.JsonCheckpointHandler()}
   return ocp.CheckpointManager(
       directory, options=ocp.CheckpointManagerOptions(create=False, read_only=True),
-      item_handlers=_item_handlers())
+      item_handlers=handlers)
 
 
 def close(manager: ocp.CheckpointManager) -> None:
@@ -294,6 +302,10 @@ def _incompatible(manager: ocp.CheckpointManager, step: int, problems: list[str]
       f"{_listed(problems[:3])}. {remedy}.")
 
 
+# --checkpoint of --mode=sample/eval -> the directory of the run it reads.
+CHECKPOINT_CHOICES = {"latest": checkpoint_dir, "best": best_checkpoint_dir}
+
+
 def restore_params_from(workdir: str, which: str, abstract_params: Any,
                         config: ml_collections.ConfigDict | None = None,
                         source: str = "config.init_from.workdir") -> Any:
@@ -302,19 +314,40 @@ def restore_params_from(workdir: str, which: str, abstract_params: Any,
   For config.init_from and for sampling (`source` names the flag in errors). Checks the checkpoint's
   metadata against `abstract_params` first; reads, never writes or moves anything.
   """
+  return restore_chosen_params(workdir, which, abstract_params, config, source)[0]
+
+
+def restore_chosen_params(workdir: str, which: str, abstract_params: Any,
+                          config: ml_collections.ConfigDict | None = None,
+                          source: str = "--workdir", *, checkpoint: str = "latest",
+                          step: int | None = None) -> tuple[Any, int]:
+  """(parameters, the step they were saved at) of a chosen checkpoint of `workdir`.
+
+  checkpoint: 'latest' reads checkpoints/, 'best' checkpoints_best/ (the lowest FID of the in-loop
+  evaluation); step: that step of the directory (default its newest). A missing step raises
+  ValueError naming the steps that exist. Reads, never writes or moves anything.
+  """
   if which not in INIT_FROM_PARAMS:
     raise ValueError(f"config.init_from.params={which!r}; allowed: "
                      f"{', '.join(map(repr, INIT_FROM_PARAMS))}.")
-  directory = checkpoint_dir(workdir)
-  advice = "point it at a run that has saved a checkpoint"
-  reader = open_reader(workdir)
+  if checkpoint not in CHECKPOINT_CHOICES:
+    raise ValueError(f"--checkpoint={checkpoint}: allowed: {', '.join(CHECKPOINT_CHOICES)}.")
+  directory = CHECKPOINT_CHOICES[checkpoint](workdir)
+  advice = ("the in-loop evaluation (config.eval_every_steps) keeps it; use --checkpoint=latest"
+            if checkpoint == "best" else "point it at a run that has saved a checkpoint")
+  what = "no best checkpoint" if checkpoint == "best" else "no checkpoint"
+  reader = open_reader(workdir, directory)
   if reader is None:
-    raise ValueError(f"{source}={workdir}: holds no checkpoint ({directory} does not exist); "
-                     f"{advice}.")
+    raise ValueError(f"{source}={workdir}: holds {what} ({directory} does not exist); {advice}.")
   with reader as manager:
-    step = manager.latest_step()
+    steps = sorted(manager.all_steps())
+    if not steps:
+      raise ValueError(f"{source}={workdir}: holds {what} ({directory} is empty); {advice}.")
     if step is None:
-      raise ValueError(f"{source}={workdir}: holds no checkpoint ({directory} is empty); {advice}.")
+      step = steps[-1]
+    elif step not in steps:
+      raise ValueError(f"--checkpoint_step={step}: {directory} has no such checkpoint; it holds "
+                       f"step{'s' if len(steps) > 1 else ''} {', '.join(map(str, steps))}.")
     key = INIT_FROM_PARAMS[which]
     try:
       saved = _state_metadata(manager, step)[key]
@@ -329,8 +362,15 @@ def restore_params_from(workdir: str, which: str, abstract_params: Any,
           f"this config's model. {_explain(differences)}State entries that differ "
           f"({len(problems)}): {_listed(problems[:3])}. Pass the config that checkpoint was "
           "trained with.")
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-  params = jax.device_put(restored["state"][key],
-                          jax.tree.map(lambda a: a.sharding, abstract_params))
+    # Only these parameters, straight onto their shardings: every other entry is a placeholder
+    # (read nothing). Without a target, Orbax refuses a checkpoint saved by another topology.
+    target = jax.tree.map(lambda _: ocp.PLACEHOLDER, dict(_state_metadata(manager, step)))
+    target[key] = abstract_params
+  # Standard handlers take no placeholders; the PyTree handler reads the same files and does.
+  with ocp.CheckpointManager(
+      directory, options=ocp.CheckpointManagerOptions(create=False, read_only=True),
+      item_handlers={"state": ocp.PyTreeCheckpointHandler()}) as manager:
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        target, restore_args=ocp.checkpoint_utils.construct_restore_args(target))))
   logging.info("Loaded %s parameters from %s step %d.", which, directory, step)
-  return params
+  return restored["state"][key], int(step)

@@ -8,7 +8,9 @@ normalisation as training (the "first layer of the network") and passes the clas
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Iterator
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -135,6 +137,7 @@ class SampleBatch(NamedTuple):
   images: np.ndarray  # uint8 (n, H, W, C), the same rounding as to_uint8.
   labels: np.ndarray  # int32 (n,): the class each image was conditioned on.
   indices: np.ndarray  # int64 (n,): the rows' global sample indices, increasing.
+  batch_index: int = 0  # Which global batch of batch_size samples these rows belong to.
 
 
 def make_batched_sample_fn(model: nn.Module, config: ml_collections.ConfigDict,
@@ -188,7 +191,8 @@ def _host_rows(images: jax.Array, gather: bool) -> tuple[np.ndarray, np.ndarray]
 
 def sample_batches(sample_fn: Callable[..., jax.Array], params: Any, key: jax.Array,
                    labels: np.ndarray, *, batch_size: int, mesh: jax.sharding.Mesh,
-                   gather: bool = False) -> Iterator[SampleBatch]:
+                   gather: bool = False,
+                   batch_indices: Sequence[int] | None = None) -> Iterator[SampleBatch]:
   """Draws len(labels) images in global batches of `batch_size`; yields them on the host.
 
   `sample_fn` comes from make_batched_sample_fn. Every batch has the same shape (the last one is
@@ -199,6 +203,9 @@ def sample_batches(sample_fn: Callable[..., jax.Array], params: Any, key: jax.Ar
   Multi-process: with gather=False each process gets only the rows its devices computed (its
   addressable slice, with their global indices: evaluation computes features there and gathers the
   features, not the images); gather=True gives every process every row (for writing files).
+
+  batch_indices: draw only these global batches (default all), e.g. those a resumed run lacks;
+  batch i's images are the same whichever others are drawn.
   """
   labels = np.asarray(labels, np.int32)
   num_samples = labels.shape[0]
@@ -207,7 +214,7 @@ def sample_batches(sample_fn: Callable[..., jax.Array], params: Any, key: jax.Ar
                      f"{mesh.devices.size} devices of the mesh {dict(mesh.shape)}.")
   key_data = np.asarray(jax.random.key_data(key))
   label_sharding = sharding.batch_sharding(mesh)
-  num_batches = -(-num_samples // batch_size)
+  todo = list(range(-(-num_samples // batch_size)) if batch_indices is None else batch_indices)
 
   def launch(index: int) -> jax.Array:
     padded = np.zeros((batch_size,), np.int32)
@@ -217,14 +224,15 @@ def sample_batches(sample_fn: Callable[..., jax.Array], params: Any, key: jax.Ar
         (batch_size,), label_sharding, lambda slices: padded[slices])
     return sample_fn(params, key_data, np.int32(index), device_labels)
 
-  pending = launch(0) if num_batches else None
-  for index in range(num_batches):
-    current, pending = pending, (launch(index + 1) if index + 1 < num_batches else None)
+  pending = launch(todo[0]) if todo else None
+  for position, index in enumerate(todo):
+    current, pending = pending, (launch(todo[position + 1]) if position + 1 < len(todo) else None)
     rows, images = _host_rows(current, gather)
     del current
     indices = index * batch_size + rows
     keep = indices < num_samples
-    yield SampleBatch(images=images[keep], labels=labels[indices[keep]], indices=indices[keep])
+    yield SampleBatch(images=images[keep], labels=labels[indices[keep]], indices=indices[keep],
+                      batch_index=index)
 
 
 def sample_all(sample_fn: Callable[..., jax.Array], params: Any, key: jax.Array,
@@ -233,6 +241,57 @@ def sample_all(sample_fn: Callable[..., jax.Array], params: Any, key: jax.Array,
   batches = [batch.images for batch in sample_batches(
       sample_fn, params, key, labels, batch_size=batch_size, mesh=mesh, gather=True)]
   return np.concatenate(batches)
+
+
+def local_rows(mesh: jax.sharding.Mesh, batch_size: int) -> np.ndarray:
+  """The rows of a global batch that this process's devices sample (what sample_batches yields it
+  with gather=False), increasing."""
+  slices = sharding.batch_sharding(mesh).addressable_devices_indices_map((batch_size,)).values()
+  rows = set()
+  for (rows_slice,) in slices:
+    rows.update(range(*rows_slice.indices(batch_size)))
+  return np.asarray(sorted(rows), np.int64)
+
+
+def format_eta(seconds: float) -> str:
+  """'1h02m03s', as the trainer prints its ETA."""
+  seconds = int(seconds)
+  return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
+
+
+class Progress:
+  """Logs '<what>: done/total <unit> (pct), rate/s, ETA' at most every `every_s` seconds, and when
+  done: long evaluation and sampling work says how far it is, as training does.
+
+  The rate counts from the first update on, so a first batch that includes compilation does not
+  make the ETA of the rest too long. Only process 0 logs.
+  """
+
+  def __init__(self, what: str, total: int, unit: str = "images", every_s: float = 15.0):
+    self.what, self.total, self.unit, self.every_s = what, int(total), unit, every_s
+    self.done = 0
+    self.first: tuple[float, int] | None = None  # (time, done) at the first update.
+    self.last_log = time.time()
+
+  def update(self, count: int) -> None:
+    self.done += int(count)
+    now = time.time()
+    if self.first is None:
+      self.first = (now, self.done)
+    if now - self.last_log >= self.every_s or self.done >= self.total:
+      self.last_log = now
+      if jax.process_index() == 0:
+        logging.info("%s", self.line(now))
+
+  def line(self, now: float | None = None) -> str:
+    now = time.time() if now is None else now
+    text = (f"{self.what}: {self.done}/{self.total} {self.unit} "
+            f"({100.0 * self.done / max(self.total, 1):.0f}%)")
+    elapsed, counted = now - self.first[0], self.done - self.first[1]
+    if counted > 0 and elapsed > 0:
+      rate = counted / elapsed
+      text += f", {rate:.3g} {self.unit}/s, ETA {format_eta((self.total - self.done) / rate)}"
+    return text
 
 
 def cycled_labels(num_classes: int, num_samples: int) -> np.ndarray:

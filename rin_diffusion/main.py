@@ -8,6 +8,10 @@ r"""Command line: train (default), sample or eval.
   python -m rin_diffusion.main --mode=eval --config=configs/fashion_mnist.py \
       --workdir=/tmp/fmnist --num_samples=10000 --seeds=3   # FID, IS, P/R, CAS -> metrics.jsonl
 
+Sample and eval mode read the latest checkpoint, or --checkpoint=best (checkpoints_best/) and/or
+--checkpoint_step=N. Sample mode writes a directory of shards as it goes (--output, --png) and a
+rerun resumes it; --mode=eval --samples=DIR scores such a directory.
+
 Restarting with the same workdir resumes from the latest checkpoint. Multi-process: TPU pods and
 SLURM are detected by `jax.distributed.initialize()` (--distributed=auto); elsewhere pass
 --coordinator_address, --num_processes and --process_id.
@@ -21,7 +25,6 @@ Exit status (rin_diffusion/exit_status.py; launchers act on it): 0 only when the
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import re
@@ -37,8 +40,8 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:ar
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, samples.")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "sample", "eval"],
-                          "train; sample (grid + .npz); eval (FID, IS, P/R, CAS of the latest "
-                          "checkpoint's EMA samples).")
+                          "train; sample (a directory of .npz shards + grid); eval (FID, IS, P/R, "
+                          "CAS of a checkpoint's EMA samples, or of --samples).")
 _DISTRIBUTED_FLAGS = distributed.define_flags()
 # Sample mode: each flag overrides a config.sampling field (and is validated as that field).
 _NUM_SAMPLES = flags.DEFINE_integer(
@@ -54,7 +57,19 @@ _CLASSES = flags.DEFINE_string("classes", None, "Sample mode: config.sampling.cl
 _SEED = flags.DEFINE_integer("sample_seed", 0, "Sample and eval mode: random seed.")
 _SEEDS = flags.DEFINE_integer("seeds", 1, "Eval mode: evaluations with seeds sample_seed + 0.. "
                               "(metrics.jsonl gets the mean and std of each metric).")
-_OUTPUT = flags.DEFINE_string("output", "", "Sample mode: output prefix (default workdir/samples).")
+_OUTPUT = flags.DEFINE_string(
+    "output", "", "Sample mode: the output directory (default workdir/samples/sample_<sampler>_"
+    "<steps>steps_w<guidance>): shard_<process>_<batch>.npz, index.json, grid.png.")
+_PNG = flags.DEFINE_bool("png", False, "Sample mode: also one PNG per image (OUTPUT/png/).")
+_CHECKPOINT = flags.DEFINE_enum(
+    "checkpoint", "latest", ["latest", "best"], "Sample and eval mode: the parameters of "
+    "checkpoints/ (latest) or of checkpoints_best/ (the in-loop evaluation's lowest FID).")
+_CHECKPOINT_STEP = flags.DEFINE_integer(
+    "checkpoint_step", None, "Sample and eval mode: this step of the --checkpoint directory "
+    "(default its newest).")
+_SAMPLES = flags.DEFINE_string(
+    "samples", "", "Eval mode: score this directory of samples (what --mode=sample writes) "
+    "instead of sampling; its index.json names the checkpoint step and sampler.")
 
 
 def _sample_flags() -> dict[str, object]:
@@ -82,18 +97,40 @@ def _validate(config, overrides: dict[str, object]) -> None:
     raise
 
 
-def sample_mode(config, workdir: str) -> str:
-  """Samples config.sampling.num_samples images (with the sample-mode flags applied) from the EMA
-  parameters of `workdir`'s latest checkpoint."""
-  import jax  # noqa: PLC0415
+def _restore_ema(config, workdir: str, abstract_params):
+  """(EMA parameters, step, 'checkpoints/N' or 'checkpoints_best/N') as --checkpoint and
+  --checkpoint_step choose."""
+  from rin_diffusion import checkpointing  # noqa: PLC0415
+
+  if _CHECKPOINT_STEP.value is not None and _CHECKPOINT_STEP.value < 0:
+    raise ValueError(f"--checkpoint_step={_CHECKPOINT_STEP.value}: must be a step (>= 0).")
+  params, step = checkpointing.restore_chosen_params(
+      workdir, "ema", abstract_params, config, source="--workdir", checkpoint=_CHECKPOINT.value,
+      step=_CHECKPOINT_STEP.value)
+  directory = checkpointing.CHECKPOINT_CHOICES[_CHECKPOINT.value](workdir).name
+  return params, step, f"{directory}/{step}"
+
+
+def _labels_scheme(labels) -> str:
+  """How generate.class_labels assigned the classes, for the samples' manifest."""
   import numpy as np  # noqa: PLC0415
 
-  from rin_diffusion import checkpointing, generate, sharding, train  # noqa: PLC0415
+  classes, counts = np.unique(labels, return_counts=True)
+  return (f"generate.class_labels: classes {classes.tolist()} in turn, {int(counts.max())} "
+          "consecutive samples each (the last may have fewer)")
+
+
+def sample_mode(config, workdir: str) -> str:
+  """Samples config.sampling.num_samples images (with the sample-mode flags applied) from the EMA
+  parameters of a checkpoint of `workdir` (--checkpoint, --checkpoint_step) into a directory of
+  shards (sample_shards.py): each process writes its own as it goes, a rerun resumes."""
+  import jax  # noqa: PLC0415
+
+  from rin_diffusion import generate, sample_shards, sharding, train  # noqa: PLC0415
 
   mesh = sharding.make_mesh(config.mesh)
   model, _, _, abstract_state, _ = train.build(config, mesh)
-  ema_params = checkpointing.restore_params_from(workdir, "ema", abstract_state["params"], config,
-                                                 source="--workdir")
+  ema_params, step, checkpoint = _restore_ema(config, workdir, abstract_state["params"])
   sampler = config.sampling.sampler
   steps = int(config.sampling.steps)
   guidance = float(config.sampling.guidance)
@@ -103,33 +140,37 @@ def sample_mode(config, workdir: str) -> str:
   sample_fn = generate.make_batched_sample_fn(model, config, mesh, sampler=sampler, steps=steps,
                                               guidance=guidance)
   batch_size = generate.sampling_batch_size(int(config.eval_batch_size), len(labels), mesh)
-  images = generate.sample_all(sample_fn, ema_params, jax.random.key(_SEED.value), labels,
-                               batch_size=batch_size, mesh=mesh)
-  prefix = _OUTPUT.value or os.path.join(
+  output = _OUTPUT.value or os.path.join(
       workdir, "samples", f"sample_{sampler}_{steps}steps_w{guidance:g}")
-  if jax.process_index() == 0:
-    shown, shown_labels = images[:100], labels[:100]  # The grid shows the first 100 at most.
-    columns = int(np.sum(shown_labels == shown_labels[0]))  # One row per class ...
-    if columns == len(shown) and columns > 10:  # ... unless that would be one long row.
-      columns = None
-    generate.save_grid(shown, prefix + ".png", columns=columns)
-    buffer = io.BytesIO()
-    np.savez(buffer, images=images, labels=labels)
-    epath.Path(prefix + ".npz").write_bytes(buffer.getvalue())
-  logging.info("Wrote %s.png and %s.npz", prefix, prefix)
-  return prefix
+  manifest = {  # Everything the images depend on: a rerun resumes only under equal values.
+      "workdir": str(epath.Path(workdir).absolute()) if "://" not in workdir else workdir,
+      "checkpoint": checkpoint, "checkpoint_step": step, "sampler": sampler, "steps": steps,
+      "guidance": guidance, "seed": _SEED.value, "labels": _labels_scheme(labels),
+      **{f"sampling.{k}": config.sampling.get(k) for k in (
+          "time_grid", "td", "guidance_interval", "self_condition")}}
+  image_shape = (int(config.model.image_size), int(config.model.image_size),
+                 int(config.model.channels))
+  written = sample_shards.write(sample_fn, ema_params, jax.random.key(_SEED.value), labels,
+                                batch_size=batch_size, mesh=mesh, directory=output,
+                                manifest=manifest, image_shape=image_shape, png=_PNG.value)
+  logging.info("Wrote %d images of %s to %s (%d batches sampled, %d already there); grid %s",
+               len(labels), checkpoint, output, written["sampled"], written["skipped"],
+               os.path.join(output, "grid.png"))
+  return output
 
 
 def eval_mode(config, workdir: str) -> dict:
-  """FID, IS, precision/recall (and CAS) of --num_samples EMA samples of the latest checkpoint.
+  """FID, IS, precision/recall (and CAS) of --num_samples EMA samples of a checkpoint (--checkpoint,
+  --checkpoint_step; default the latest), or of a directory of samples (--samples).
 
   --sampler, --steps and --guidance override config.sampling.fid_*; --seeds=K repeats the
   evaluation with seeds --sample_seed + 0 .. K - 1 and reports the mean and std of every metric.
-  Appends one 'eval' record to workdir/metrics.jsonl and writes workdir/eval/step_<N>.json.
+  Appends one 'eval' record (with the step evaluated) to workdir/metrics.jsonl and writes
+  workdir/eval/step_<N>.json.
   """
   import jax  # noqa: PLC0415
 
-  from rin_diffusion import checkpointing, config_lib, sharding, train  # noqa: PLC0415
+  from rin_diffusion import config_lib, sample_shards, sharding, train  # noqa: PLC0415
   from rin_diffusion.evaluation import evaluate  # noqa: PLC0415
 
   for field, flag in (("fid_sampler", _SAMPLER), ("fid_steps", _STEPS),
@@ -142,19 +183,24 @@ def eval_mode(config, workdir: str) -> dict:
     raise ValueError(f"--num_samples={num_samples}: eval mode needs at least 2 samples.")
   if _SEEDS.value < 1:
     raise ValueError(f"--seeds={_SEEDS.value}: must be a positive integer.")
-  mesh = sharding.make_mesh(config.mesh)
-  model, _, _, abstract_state, _ = train.build(config, mesh)
-  ema_params = checkpointing.restore_params_from(workdir, "ema", abstract_state["params"], config,
-                                                 source="--workdir")
-  # Read after the restore, which fails clearly without a checkpoint. A checkpoint saved in between
-  # by a run still training would be newer than the parameters: evaluate a finished run or accept it.
-  step = evaluate.latest_checkpoint_step(workdir)
-  evaluator = evaluate.make_evaluator(config, model, mesh)
-  results = []
-  for seed in range(_SEED.value, _SEED.value + _SEEDS.value):
-    results.append(evaluator(ema_params, num_samples=num_samples, seed=seed))
-    logging.info("eval seed %d: %s", seed, {k: results[-1][v] for k, v in
-                                            evaluate.RECORD_METRICS.items()})
+  if _SAMPLES.value:
+    if _CHECKPOINT_STEP.value is not None or _SEEDS.value != 1 or jax.process_count() > 1:
+      raise ValueError(f"--samples={_SAMPLES.value}: scores the samples as they are, from one "
+                       "process (their index.json names the checkpoint); drop --checkpoint_step "
+                       "and --seeds, and run one process.")
+    step = int(sample_shards.manifest_of(_SAMPLES.value)["checkpoint_step"])
+    results = [evaluate.score_sample_dir(config, _SAMPLES.value)]
+  else:
+    mesh = sharding.make_mesh(config.mesh)
+    model, _, _, abstract_state, _ = train.build(config, mesh)
+    ema_params, step, checkpoint = _restore_ema(config, workdir, abstract_state["params"])
+    evaluator = evaluate.make_evaluator(config, model, mesh)
+    results = []
+    for seed in range(_SEED.value, _SEED.value + _SEEDS.value):
+      results.append({**evaluator(ema_params, num_samples=num_samples, seed=seed),
+                      "checkpoint": checkpoint})
+      logging.info("eval seed %d: %s", seed, {k: results[-1][v] for k, v in
+                                              evaluate.RECORD_METRICS.items()})
   line = evaluate.record(step, results)
   path = evaluate.write_results(workdir, step, line, results)
   if jax.process_index() == 0:

@@ -10,7 +10,7 @@ import pytest
 import trainer_utils as tu
 from PIL import Image
 
-from rin_diffusion import config_lib, train
+from rin_diffusion import config_lib, sample_shards, train
 
 
 @pytest.fixture(scope="module")
@@ -133,19 +133,19 @@ def _snapshot(workdir: str) -> dict[str, bytes]:
   return files
 
 
-def test_sample_mode_writes_grid_and_npz_from_latest_ema(data_root, tmp_path):
+def test_sample_mode_writes_grid_and_shards_from_latest_ema(data_root, tmp_path):
   workdir = str(tmp_path / "run")
   train.train_and_evaluate(tu.tiny_config(data_root, total_steps=2, checkpoint_every_steps=2),
                            workdir)
-  prefix = str(tmp_path / "out" / "samples")
+  output = str(tmp_path / "out" / "samples")
   result = tu.run_main(workdir, tu.data_flags(data_root) + tu.TINY_FLAGS + [
       "--mode=sample", "--num_samples=6", "--sampler=ddpm", "--steps=3", "--guidance=2",
-      "--classes=1,7", f"--output={prefix}"])
+      "--classes=1,7", f"--output={output}"])
   assert result.returncode == 0, result.stderr[-3000:]
-  with np.load(prefix + ".npz") as samples:
-    assert samples["images"].shape == (6, 32, 32, 1) and samples["images"].dtype == np.uint8
-    assert samples["labels"].tolist() == [1, 1, 1, 7, 7, 7]
-  assert Image.open(prefix + ".png").size == (3 * 33 + 1, 2 * 33 + 1)
+  images, labels = sample_shards.load(output)
+  assert images.shape == (6, 32, 32, 1) and images.dtype == np.uint8
+  assert labels.tolist() == [1, 1, 1, 7, 7, 7]
+  assert Image.open(os.path.join(output, "grid.png")).size == (3 * 33 + 1, 2 * 33 + 1)
 
 
 def test_core_install_without_tensorflow_trains(tmp_path):

@@ -41,7 +41,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import flax.linen as nn
@@ -51,7 +51,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from rin_diffusion import checkpointing, generate
+from rin_diffusion import checkpointing, generate, sample_shards
 from rin_diffusion.evaluation import classifier as classifier_lib
 from rin_diffusion.evaluation import inception as inception_lib
 from rin_diffusion.evaluation import metrics, reference
@@ -208,6 +208,8 @@ def make_evaluator(config: ml_collections.ConfigDict, model: nn.Module, mesh: ja
     local: dict[str, list[np.ndarray]] = {"index": [], "label": [], "pool3": [], "logits": [],
                                           "image": []}
     sampling_s = inception_s = 0.0
+    progress = generate.Progress(f"Evaluation (seed {seed}): sampling and Inception features",
+                                 num_samples)
     while True:
       tick = time.time()
       chunk = next(batches, None)  # Waits for the devices: the sampling time.
@@ -224,6 +226,7 @@ def make_evaluator(config: ml_collections.ConfigDict, model: nn.Module, mesh: ja
         local["logits"].append(features["logits"])
       if classifier is not None:  # The CAS trains on the samples themselves.
         local["image"].append(np.asarray(chunk.images))
+      progress.update(min(batch, num_samples - chunk.batch_index * batch))
     rows = _gather_rows({k: np.concatenate(v) for k, v in local.items() if v})
     if rows["index"].shape[0] != num_samples:
       raise RuntimeError(f"Evaluation gathered {rows['index'].shape[0]} of {num_samples} samples.")
@@ -269,7 +272,18 @@ def _classifier_scores(classifier: classifier_lib.SampleScorer | None,
   without a classifier."""
   if classifier is None:
     return dict(NO_CLASSIFIER_SCORES)
-  return classifier(rows["image"], rows["label"])
+  count = rows["image"].shape[0]
+  start = time.time()
+  if jax.process_index() == 0:  # The classifiers log when done, not as they train: say why.
+    logging.info("Classifier scores of %d samples: training the CAS classifier on them and its "
+                 "real-data ceiling on %d real images (a few seconds per 1,000 images on a CPU).",
+                 count, count)
+  scores = classifier(rows["image"], rows["label"])
+  if jax.process_index() == 0:
+    logging.info("Classifier scores done in %s: CAS %s, real-data ceiling %s.",
+                 generate.format_eta(time.time() - start), scores.get("cas"),
+                 scores.get("cas_real_ceiling"))
+  return scores
 
 
 def _scores(rows: dict[str, np.ndarray], reference_stats: dict[str, Any],
@@ -305,25 +319,65 @@ def score_images(config: ml_collections.ConfigDict, images: np.ndarray, labels: 
   """FID, IS, precision/recall (and the classifier scores with config.eval.cas) of given uint8
   images (N, H, W, C) on one host, against config's reference: for images made elsewhere (a
   cascade's final stage)."""
+  images, labels = np.asarray(images), np.asarray(labels)
+  chunks = ((images[start:start + INCEPTION_BATCH], labels[start:start + INCEPTION_BATCH])
+            for start in range(0, images.shape[0], INCEPTION_BATCH))
+  return score_batches(config, chunks, int(images.shape[0]), inception=inception,
+                       reference_stats=reference_stats, classifier=classifier)
+
+
+def score_batches(config: ml_collections.ConfigDict,
+                  batches: Iterable[tuple[np.ndarray, np.ndarray]], num_samples: int, *,
+                  inception: Any = None, reference_stats: dict[str, Any] | None = None,
+                  classifier: classifier_lib.SampleScorer | None = None) -> dict[str, Any]:
+  """score_images of images that arrive in (uint8 images, labels) batches (a shard directory):
+  only their Inception features are kept, and their images only for the classifier scores."""
   inception = inception or inception_lib.load_inception(
       config.eval.inception_weights or None, cache_dir=config.eval.cache_dir or None)
   reference_stats = reference_stats or load_reference(config, inception)
   if config.eval.cas and classifier is None:
     classifier = load_classifier(config)
-  images = np.asarray(images)
-  rows: dict[str, list[np.ndarray]] = {"pool3": [], "logits": []}
-  for start in range(0, images.shape[0], INCEPTION_BATCH):
-    features = _features(inception, images[start:start + INCEPTION_BATCH], INCEPTION_BATCH)
-    rows["pool3"].append(features["pool3"])
-    if features["logits"] is not None:
-      rows["logits"].append(features["logits"])
+  rows: dict[str, list[np.ndarray]] = {"pool3": [], "logits": [], "image": [], "label": []}
+  progress = generate.Progress("Inception features", num_samples)
+  for images, labels in batches:
+    for start in range(0, images.shape[0], INCEPTION_BATCH):
+      features = _features(inception, images[start:start + INCEPTION_BATCH], INCEPTION_BATCH)
+      rows["pool3"].append(features["pool3"])
+      if features["logits"] is not None:
+        rows["logits"].append(features["logits"])
+    rows["label"].append(np.asarray(labels))
+    if classifier is not None:  # The CAS trains on the samples themselves.
+      rows["image"].append(np.asarray(images))
+    progress.update(images.shape[0])
   gathered = {k: np.concatenate(v) for k, v in rows.items() if v}
-  gathered.update(image=images, label=np.asarray(labels))
+  if gathered["pool3"].shape[0] != num_samples:
+    raise ValueError(f"expected {num_samples} samples, got {gathered['pool3'].shape[0]}.")
   scores = _scores(gathered, reference_stats, inception)
   scores.update(_classifier_scores(classifier, gathered))
-  scores.update(num_samples=int(images.shape[0]), reference=reference_stats["description"],
-                num_reference=int(reference_stats["num_images"]))
+  scores.update(num_samples=int(num_samples), reference=reference_stats["description"],
+                num_reference=int(reference_stats["num_images"]),
+                preprocessing=getattr(inception, "preprocessing", inception_lib.PREPROCESSING),
+                inception=str(inception.source))
   return scores
+
+
+def score_sample_dir(config: ml_collections.ConfigDict, directory: str,
+                     **kwargs) -> dict[str, Any]:
+  """An evaluation result (as the evaluator's, for `record`) of the samples in a shard directory
+  that `main --mode=sample` wrote; the settings come from its manifest. kwargs: score_batches'."""
+  start = time.time()
+  manifest = sample_shards.manifest_of(directory)
+  batches = ((images, labels) for images, labels, _ in sample_shards.iter_batches(directory))
+  scores = score_batches(config, batches, int(manifest["num_samples"]), **kwargs)
+  return {
+      **{k: v for k, v in scores.items() if k != "notes"},
+      "sampler": manifest["sampler"], "steps": int(manifest["steps"]),
+      "guidance": float(manifest["guidance"]), "labels": manifest["labels"],
+      "seed": int(manifest["seed"]), "samples": str(directory),
+      "checkpoint": manifest.get("checkpoint"), "notes": scores["notes"],
+      # Sampling happened elsewhere: no sampling time, and no images per second to report.
+      "timings": {"sampling_s": 0.0, "images_per_s": None, "total_s": time.time() - start},
+  }
 
 
 def evaluate(config: ml_collections.ConfigDict, model: nn.Module, params: Any, *,
@@ -357,9 +411,16 @@ def record(step: int, results: list[dict[str, Any]]) -> dict[str, Any]:
       "inception": first.get("inception"), "reference": first.get("reference"),
       "num_reference": first.get("num_reference"),
       "sampling_s": float(np.sum([r["timings"]["sampling_s"] for r in results])),
-      "images_per_s": float(np.mean([r["timings"]["images_per_s"] for r in results])),
+      "images_per_s": _mean_or_none([r["timings"]["images_per_s"] for r in results]),
   })
+  # What was scored, when it was not this run's own sampling: a checkpoint chosen by --checkpoint
+  # or --checkpoint_step, a directory of samples.
+  line.update({k: first[k] for k in ("checkpoint", "samples") if first.get(k) is not None})
   return line
+
+
+def _mean_or_none(values: list[float | None]) -> float | None:
+  return None if any(v is None for v in values) else float(np.mean(values))
 
 
 def comparable_settings(line: dict[str, Any]) -> dict[str, Any]:
@@ -416,7 +477,7 @@ def latest_checkpoint_step(workdir: str) -> int | None:
 
 
 def best_checkpoint_dir(workdir: str) -> epath.Path:
-  return checkpointing.checkpoint_dir(workdir).parent / "checkpoints_best"
+  return checkpointing.best_checkpoint_dir(workdir)
 
 
 class LoopEvaluation:

@@ -1,10 +1,10 @@
 r"""FID, Inception Score, precision/recall (and CAS) of a sample .npz against a reference; one JSON line.
 
-  python -m rin_diffusion.tools.fid workdir/fashion_mnist/samples/sample_ddim_50steps_w1.npz \
+  python -m rin_diffusion.tools.fid workdir/fashion_mnist/samples/sample_ddim_50steps_w1 \
       fashion_mnist:test --num_reference=1000 --cas
 
-SAMPLES is an .npz of uint8 images (key 'images', as `main --mode=sample` writes, else its first
-array), or a TFDS 'dataset:split' of real images (--num_samples of them, preprocessed at
+SAMPLES is an .npz of uint8 images (key 'images', else its first array), a directory of sample
+shards as `main --mode=sample` writes (read whole into memory; sample_shards.py), or a TFDS 'dataset:split' of real images (--num_samples of them, preprocessed at
 --image_size: the real-data floor of the scale). --lowpass=F low-passes samples and reference alike
 (F x F box average, bilinear back): FID of the content below 1/F of the resolution, a diagnostic
 of how much of a score is fine detail (cached separately). REFERENCE is an .npz of real uint8 images or a TFDS 'dataset:split' ('fashion_mnist:test',
@@ -22,7 +22,7 @@ Precision/recall (k-NN manifolds, k=3) use equally many real and generated featu
 stored reference features), the larger set cut to a seed-0 random subset
 (`metrics.precision_recall_equal_sizes`, shared with the training loop).
 
---cas (Fashion-MNIST references): the .npz must hold the samples' conditioning `labels`. Prints
+--cas (Fashion-MNIST references): the .npz or shard directory must hold the samples' conditioning `labels`. Prints
 `cas` (Ravuri & Vinyals 2019: a classifier trained on the samples with those labels, tested on
 the real test split), `cas_real_ceiling` (the same classifier trained on equally many real training
 images with the same class counts) and `accuracy_on_samples` (a classifier trained on the real
@@ -56,7 +56,8 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
   parser = _ArgumentParser(
       prog="python -m rin_diffusion.tools.fid",
       description="FID / IS / precision-recall of samples against a reference; one JSON line.")
-  parser.add_argument("samples", help=".npz of uint8 images (N, H, W, C)")
+  parser.add_argument("samples", help=".npz of uint8 images (N, H, W, C), or a directory of "
+                      "sample shards (main --mode=sample)")
   parser.add_argument("reference", help=".npz of real uint8 images, or TFDS 'dataset:split'")
   parser.add_argument("--num_reference", type=int, default=None,
                       help="reference images (default: as many as samples)")
@@ -78,8 +79,24 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
   return parser.parse_args(argv)
 
 
+def _is_shard_dir(path: str) -> bool:
+  from rin_diffusion import sample_shards  # noqa: PLC0415
+
+  return sample_shards.is_shard_dir(path)
+
+
 def load_samples(path: str) -> np.ndarray:
-  """uint8 (N, H, W, C) images from an .npz ('images', else the first array)."""
+  """uint8 (N, H, W, C) images from an .npz ('images', else the first array) or a shard directory."""
+  if _is_shard_dir(path):
+    from rin_diffusion import sample_shards  # noqa: PLC0415
+
+    images = sample_shards.load(path)[0]
+    if len(images) < 2:
+      raise ValueError(f"samples {path!r}: need at least 2 images; got {len(images)}.")
+    return images
+  if os.path.isdir(path):
+    raise ValueError(f"samples {path!r}: a directory without index.json; pass an .npz or a "
+                     "directory that `main --mode=sample` wrote.")
   if not os.path.isfile(path):
     raise ValueError(f"samples {path!r}: file does not exist.")
   try:
@@ -101,7 +118,11 @@ def load_samples(path: str) -> np.ndarray:
 
 
 def load_labels(path: str, count: int) -> np.ndarray:
-  """The samples' conditioning labels (key 'labels' of the .npz), one integer per image."""
+  """The samples' conditioning labels (key 'labels' of the .npz or the shards), one per image."""
+  if _is_shard_dir(path):
+    from rin_diffusion import sample_shards  # noqa: PLC0415
+
+    return sample_shards.load(path)[1]
   with np.load(path) as data:
     if "labels" not in data.files:
       raise ValueError(f"--cas: samples {path!r} hold no 'labels' array (the classes the samples "
@@ -120,8 +141,9 @@ def classifier_scores(args: argparse.Namespace, samples: np.ndarray) -> dict:
   from rin_diffusion.data import fashion_mnist  # noqa: PLC0415 -- imports TFDS.
   from rin_diffusion.evaluation import classifier, inception, reference  # noqa: PLC0415
 
-  if not args.samples.endswith(".npz"):
-    raise ValueError("--cas: needs a samples .npz with 'labels', not real images.")
+  if not (args.samples.endswith(".npz") or _is_shard_dir(args.samples)):
+    raise ValueError("--cas: needs a samples .npz or shard directory with 'labels', not real "
+                     "images.")
   name = reference.split_source(args.reference)[0] if not args.reference.endswith(".npz") else ""
   if name not in classifier.DATASETS:
     raise ValueError(f"--cas: the reference {args.reference!r} must be a TFDS split of "
@@ -148,7 +170,7 @@ def evaluate(args: argparse.Namespace) -> dict:
   start = time.time()
   if args.lowpass < 1:
     raise ValueError(f"--lowpass={args.lowpass}: must be a positive integer (1: off).")
-  if args.samples.endswith(".npz") or ":" not in args.samples:
+  if args.samples.endswith(".npz") or ":" not in args.samples or _is_shard_dir(args.samples):
     samples = load_samples(args.samples)
   else:  # Real images: the floor of the scale.
     if not args.image_size or args.num_samples < 2:
