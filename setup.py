@@ -1,6 +1,17 @@
 """rin_diffusion: Recurrent Interface Networks with the noise-scheduling recipe, in JAX/Flax."""
 
+import pathlib
+import re
+
 from setuptools import find_packages, setup
+
+
+def read_version() -> str:
+  """rin_diffusion.__version__, the one place the version is written (read, not imported: the
+  package's dependencies need not be installed yet)."""
+  init = pathlib.Path(__file__).parent / "rin_diffusion" / "__init__.py"
+  return re.search(r'^__version__ = "([^"]+)"$', init.read_text(), re.M).group(1)
+
 
 # Pins tested on Python 3.11 (CI). The ranges stay wide enough for TPU images with newer jax.
 CORE = [
@@ -48,7 +59,7 @@ TEST = ["pytest>=8.0", "ruff>=0.6"]
 
 setup(
     name="rin_diffusion",
-    version="0.1.0",
+    version=read_version(),
     description="RIN diffusion models with the noise-scheduling recipe, from a laptop CPU to TPU pods.",
     license="Apache-2.0",
     python_requires=">=3.10",
