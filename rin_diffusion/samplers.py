@@ -34,7 +34,8 @@ One step (spec-rin 6.2):
      from the conditional half (as GLIDE does).
 
 The scan carries (x, hidden, key, x0'-hat). The output is SampleOutput(x0 = the last step's
-x0'-hat / b, i.e. in [-1, 1] units when clipping; x_t = the final state, i.e. x at t_end).
+x0'-hat / b, i.e. in [-1, 1] units when clipping; x_t = the final state, i.e. x at t_end; hidden =
+the last carried self-conditioning latents, to continue from t_end as hidden_init).
 
 Self-conditioning: the hidden returned at one step is the next step's input. hidden_init=None means
 "zeros shaped like the denoise fn's hidden output", found with jax.eval_shape (an abstract trace, no
@@ -85,6 +86,9 @@ def samplers_for(learned_variance: bool) -> tuple[str, ...]:
 class SampleOutput(NamedTuple):
   x0: jax.Array  # The last step's x0-hat in unscaled units (x0'-hat / b).
   x_t: jax.Array  # The final sampler state, at t_end.
+  # The self-conditioning latents the last call returned: with x_t, what a run continued from
+  # t_end needs (hidden_init) to go on as one run would.
+  hidden: PyTree = None
 
 
 def check_time_grid(steps: int, td: float = 0.0, t_end: float = 0.0, t_start: float = 1.0) -> None:
@@ -376,14 +380,15 @@ def sample(denoise_fn: DenoiseFn, noise: jax.Array, key: jax.Array, *,
   if sampler == "dpmpp_2m":
     init = (x_init, hidden_init, key, zeros, jnp.zeros((), jnp.float32))
     xs = ((t_now, t_next), jnp.arange(steps))
-    (x_final, _, _, x0_last, _), _ = jax.lax.scan(dpmpp_2m_step, init, xs)
+    (x_final, hidden_final, _, x0_last, _), _ = jax.lax.scan(dpmpp_2m_step, init, xs)
   elif sampler == "heun":
     xs = ((t_now, t_next), jnp.arange(steps) == steps - 1)
-    (x_final, _, _, x0_last), _ = jax.lax.scan(heun_step, (x_init, hidden_init, key, zeros), xs)
+    (x_final, hidden_final, _, x0_last), _ = jax.lax.scan(
+        heun_step, (x_init, hidden_init, key, zeros), xs)
   else:
     init = (x_init, hidden_init, key, zeros)
-    (x_final, _, _, x0_last), _ = jax.lax.scan(step, init, (t_now, t_next))
-  return SampleOutput(x0=x0_last / input_scale, x_t=x_final)
+    (x_final, hidden_final, _, x0_last), _ = jax.lax.scan(step, init, (t_now, t_next))
+  return SampleOutput(x0=x0_last / input_scale, x_t=x_final, hidden=hidden_final)
 
 
 def calls_per_run(sampler: str, steps: int, *, gamma_fn: Callable[[jax.Array], jax.Array],
