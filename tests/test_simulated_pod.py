@@ -60,6 +60,18 @@ def _gcloud_verbs(cloud: str) -> list[str]:
   return verbs
 
 
+def _transcript(cloud: str) -> str:
+  """The recorded calls in order, a run of identical calls (the watcher's polls) as one line."""
+  lines: list[list] = []
+  for call in _calls(cloud):
+    text = " ".join(call)
+    if lines and lines[-1][0] == text:
+      lines[-1][1] += 1
+    else:
+      lines.append([text, 1])
+  return "\n".join(text + (f"   (x{count})" if count > 1 else "") for text, count in lines)
+
+
 def _logs(cloud: str) -> str:
   """Every worker's startup log, of live and deleted slices."""
   text = []
@@ -104,7 +116,7 @@ def test_queued_resource_pod_from_launch_to_a_table_row(tmp_path):
                              stdout=watch_log, stderr=subprocess.STDOUT, text=True)
   try:
     # Preempted after its checkpoint at step 4: every worker saves at the same step, exits 75.
-    _wait(lambda: _checkpoints(workdir) and _checkpoints(workdir)[-1] >= 4, "checkpoint 4", 240,
+    _wait(lambda: _checkpoints(workdir) and _checkpoints(workdir)[-1] >= 4, "checkpoint 4", 420,
           watcher)
     sim("preempt")
     preempted_at = _checkpoints(workdir)[-1]
@@ -112,11 +124,11 @@ def test_queued_resource_pod_from_launch_to_a_table_row(tmp_path):
     # The watcher deletes and re-creates the slice; the new workers resume past that step ...
     _wait(lambda: _gcloud_verbs(cloud).count("create") == 2, "the re-creation", 60, watcher)
     _wait(lambda: _checkpoints(workdir)[-1] >= preempted_at + 4, "training after the resume",
-          240, watcher)
+          420, watcher)
     # ... then the trainers die on the live slice (killed), and the watcher restarts them.
     assert int(sim("crash")) == 2
     _wait(lambda: "ssh" in _gcloud_verbs(cloud), "the restart over ssh", 60, watcher)
-    watcher.wait(timeout=300)
+    watcher.wait(timeout=600)
   finally:
     if watcher.poll() is None:
       watcher.kill()
@@ -138,7 +150,7 @@ def test_queued_resource_pod_from_launch_to_a_table_row(tmp_path):
   verbs = _gcloud_verbs(cloud)
   assert verbs[0] == "create" and verbs[-1] == "delete"
   assert verbs.count("create") == 2 and verbs.count("ssh") == 1 and verbs.count("delete") == 2
-  print("\n".join(" ".join(call) for call in _calls(cloud)))  # The transcript (pytest -s).
+  print(_transcript(cloud))  # pytest -s shows it.
 
   # A finished job is never started again: a new slice's workers find DONE and stop at once.
   again = launcher("--action=create")
