@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -53,12 +54,13 @@ def _train(spec: str, workdir: str, overrides: dict, total_steps: int | None = N
 
 
 def _pipeline(root: str, *, truncated: bool = False, levels=LEVELS, extra_stage: dict | None = None,
-              num_samples: int = 8, batch_size: int = 8) -> ml_collections.ConfigDict:
+              num_samples: int = 8, batch_size: int = 8, base_steps: int = 3
+              ) -> ml_collections.ConfigDict:
   data = _data_overrides(root)
   p = ml_collections.ConfigDict()
   p.num_samples, p.batch_size, p.grid_samples, p.seed, p.classes = num_samples, batch_size, 8, 3, ""
   p.stages = [
-      dict(name="base16", config=BASE, overrides=dict(data), sampler="ddim", steps=3,
+      dict(name="base16", config=BASE, overrides=dict(data), sampler="ddim", steps=base_steps,
            guidance=1.0),
       dict(name="sr32", config=SR, overrides=dict(data), sampler="ddim", steps=3, guidance=1.0,
            truncated=truncated, levels=levels),
@@ -196,19 +198,46 @@ def test_sr_stage_resume_matches_uninterrupted(cascade_dir, tmp_path):
 
 
 def _count_calls(monkeypatch) -> dict[str, int]:
+  """Calls of each stage's jitted sampler (one per batch, and per level above the base)."""
   calls: dict[str, int] = {}
-  make = pipeline_lib._make_stage_sampler
 
-  def counting(stage):
-    fn = make(stage)
+  def counting(make):
+    def make_counted(stage, *args):
+      fn = make(stage, *args)
 
-    def wrapped(*args, **kwargs):
-      calls[stage.name] = calls.get(stage.name, 0) + 1
-      return fn(*args, **kwargs)
-    return wrapped
+      def wrapped(*args, **kwargs):
+        calls[stage.name] = calls.get(stage.name, 0) + 1
+        return fn(*args, **kwargs)
+      return wrapped
+    return make_counted
 
-  monkeypatch.setattr(pipeline_lib, "_make_stage_sampler", counting)
+  for name in ("_make_stage_sampler", "_make_chain_sampler"):
+    monkeypatch.setattr(pipeline_lib, name, counting(getattr(pipeline_lib, name)))
   return calls
+
+
+def _count_denoiser_calls(monkeypatch) -> dict[int, int]:
+  """Denoiser calls as they run, by image size: a jax.debug.callback in the denoise fn fires every
+  time the sampler's scan executes it (a Python counter would count traces)."""
+  calls: dict[int, int] = {}
+  make = generate.make_denoise_fn
+
+  def counting(*args, **kwargs):
+    denoise = make(*args, **kwargs)
+
+    def counted(x_t, gamma, cond, hidden):
+      size = x_t.shape[1]
+      jax.debug.callback(lambda: calls.__setitem__(size, calls.get(size, 0) + 1))
+      return denoise(x_t, gamma, cond, hidden)
+    return counted
+
+  monkeypatch.setattr(generate, "make_denoise_fn", counting)
+  return calls
+
+
+def _images(out: str, summary: dict, branch: str, stage: int = -1) -> np.ndarray:
+  return pipeline_lib.load_images(out, summary["stages"][stage]["directory"], branch,
+                                  summary["num_samples"])
 
 
 def test_non_truncated_sweep_samples_the_base_once(cascade_dir, tmp_path, monkeypatch):
@@ -220,10 +249,10 @@ def test_non_truncated_sweep_samples_the_base_once(cascade_dir, tmp_path, monkey
   assert calls == {"base16": 2, "sr32": 2 * len(LEVELS)}
   assert summary["stages"][1]["branches"] == [f"s{level:g}" for level in LEVELS]
   for branch in ("s0", "s0.2", "s0.4"):
-    images = pipeline_lib.load_images(out, "sr32", branch, 12)
+    images = _images(out, summary, branch)
     assert images.shape == (12, 32, 32, 1) and images.dtype == np.uint8
-    assert os.path.exists(os.path.join(out, "sr32", branch, "grid.png"))
-  assert pipeline_lib.load_images(out, "base16", "all", 12).shape == (12, 16, 16, 1)
+    assert os.path.exists(os.path.join(out, summary["stages"][1]["directory"], branch, "grid.png"))
+  assert _images(out, summary, "all", stage=0).shape == (12, 16, 16, 1)
   # Stored batches are never sampled again; a new level samples only itself.
   calls.clear()
   pipeline_lib.run(_pipeline(root, num_samples=12, batch_size=8, levels=LEVELS + (0.5,)), root,
@@ -231,25 +260,45 @@ def test_non_truncated_sweep_samples_the_base_once(cascade_dir, tmp_path, monkey
   assert calls == {"sr32": 2}
 
 
-def test_truncated_handover_is_the_base_sampler_stopped_at_s(cascade_dir, tmp_path, monkeypatch):
+def test_truncated_sweep_is_one_base_trajectory_stopped_at_every_level(cascade_dir, tmp_path,
+                                                                     monkeypatch):
+  """A truncated sweep over three levels costs the base `steps` denoiser calls in all (not three
+  times that); the state stored at s is a single run's over [s, 1] on the same grid."""
   root, _ = cascade_dir
-  calls = _count_calls(monkeypatch)
+  denoiser_calls = _count_denoiser_calls(monkeypatch)
   out = str(tmp_path / "out")
-  pipeline = _pipeline(root, truncated=True)
-  pipeline_lib.run(pipeline, root, out)
-  assert calls == {"base16": len(LEVELS), "sr32": len(LEVELS)}  # One base run per s*.
+  levels, steps = (0.0, 0.25, 0.5), 4  # Levels on the grid of 4 steps over [0, 1].
+  pipeline = _pipeline(root, truncated=True, levels=levels, base_steps=steps)
+  summary = pipeline_lib.run(pipeline, root, out)
+  assert denoiser_calls == {16: steps, 32: len(levels) * 3}  # One batch; the SR stage: 3 steps.
+  monkeypatch.undo()
   stages = pipeline_lib.load_stages(pipeline)
   pipeline_lib.restore_stages(stages, root)
   base = stages[0]
-  labels = generate.cycled_labels(10, 8)  # The pipeline: sample j has class j mod 10.
+  labels = jnp.asarray(generate.cycled_labels(10, 8))  # The pipeline: sample j has class j mod 10.
   key = jax.random.fold_in(jax.random.fold_in(jax.random.key(3), 0), 0)  # Stage 0, batch 0.
-  for level in LEVELS[1:]:
-    expected = generate.sample_output(base.model, base.config, base.params, key,
-                                      jnp.asarray(labels), sampler="ddim", steps=3, guidance=1.0,
-                                      t_end=level).x_t
-    stored = np.load(os.path.join(out, "base16", f"s{level:g}", "batch_00000.npz"))["state"]
-    np.testing.assert_allclose(stored, np.asarray(expected), rtol=1e-5, atol=1e-5)
-    assert np.std(stored) > 0.5 * np.sqrt(1 - float(schedules.gamma_fn("cosine")(level)))
+  base_dir = os.path.join(out, summary["stages"][0]["directory"])
+  for level in levels:
+    # [0.5, 1] in 2 steps, [0.25, 1] in 3, [0, 1] in 4: the trajectory's grid up to s, with the
+    # self-conditioning latents carried across the stops.
+    single = generate.sample_output(base.model, base.config, base.params, key, labels,
+                                    sampler="ddim", steps=round(steps * (1 - level)),
+                                    guidance=1.0, t_end=level)
+    with np.load(os.path.join(base_dir, f"s{level:g}", "batch_00000.npz")) as stored:
+      state, images = stored["state"], stored["images"].astype(int)
+    np.testing.assert_allclose(state, np.asarray(single.x_t), rtol=1e-4, atol=1e-4)
+    expected = pipeline_lib._to_uint8(np.asarray(single.x0)).astype(int)
+    assert np.abs(images - expected).max() <= 1  # (Rounding.)
+    if level > 0:  # Still noisy: the state at s, not an image.
+      assert np.std(state) > 0.5 * np.sqrt(1 - float(schedules.gamma_fn("cosine")(level)))
+  assert summary["stages"][1]["branches"] == [f"s{level:g}" for level in levels]
+
+
+def test_truncated_sweep_needs_a_step_per_level(tmp_path):
+  root = str(tmp_path)
+  with pytest.raises(ValueError, match=r"pipeline.stages\[1\].levels: 3 levels of a truncated "
+                                       r"sweep need stage 'base16' to take at least 3 steps"):
+    pipeline_lib.load_stages(_pipeline(root, truncated=True, base_steps=2))
 
 
 def test_three_stage_pipeline_samples(cascade_dir, tmp_path):
@@ -266,7 +315,7 @@ def test_three_stage_pipeline_samples(cascade_dir, tmp_path):
   out = str(tmp_path / "out")
   summary = pipeline_lib.run(_pipeline(root, levels=(0.1,), extra_stage=third), root, out)
   assert summary["stages"][2]["branches"] == ["s0.1-s0", "s0.1-s0.3"]
-  assert pipeline_lib.load_images(out, "sr64", "s0.1-s0.3", 8).shape == (8, 64, 64, 1)
+  assert _images(out, summary, "s0.1-s0.3").shape == (8, 64, 64, 1)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -311,14 +360,66 @@ def test_empty_stage_workdir_and_cli_error(cascade_dir, tmp_path):
   assert not out.exists()
 
 
-def test_samples_from_other_checkpoints_are_not_reused(cascade_dir, tmp_path):
+# ------------------------------------------------------------------------------------------------
+# Stored samples: served only to a run with the same settings; any other run is stored apart.
+
+STORED_LEVELS = (0.0, 0.2)
+
+
+@pytest.fixture(scope="module")
+def stored_run(cascade_dir, tmp_path_factory):
+  """A non-truncated sweep's output, to be copied and sampled into again with other settings."""
   root, _ = cascade_dir
-  out = tmp_path / "out"
-  pipeline_lib.run(_pipeline(root, levels=(0.0,)), root, str(out))
-  summary = json.loads((out / "summary.json").read_text())
-  assert [stage["checkpoint_step"] for stage in summary["stages"]] == [6, 6]
-  summary["stages"][0]["checkpoint_step"] = 3  # As if base16 had been trained on since.
-  (out / "summary.json").write_text(json.dumps(summary))
-  with pytest.raises(ValueError, match="made with stage 'base16' at checkpoint step 3, which is "
-                                       "now at step 6"):
-    pipeline_lib.run(_pipeline(root, levels=(0.0,)), root, str(out))
+  out = str(tmp_path_factory.mktemp("stored") / "out")
+  summary = pipeline_lib.run(_pipeline(root, levels=STORED_LEVELS), root, out)
+  return out, summary
+
+
+def _pretend_base_at_step_3(pipeline: ml_collections.ConfigDict, monkeypatch) -> None:
+  restore = pipeline_lib.restore_stages
+
+  def restore_then_move(stages, workdir):
+    restore(stages, workdir)
+    stages[0].step = 3  # As if base16 had been trained on (same parameters, another step).
+
+  monkeypatch.setattr(pipeline_lib, "restore_stages", restore_then_move)
+
+
+@pytest.mark.parametrize("change, expected_calls, new_images", [
+    (lambda p, _: p.stages[1].update(truncated=True), {"base16": 1, "sr32": 2}, True),
+    (lambda p, _: setattr(p, "seed", 4), {"base16": 1, "sr32": 2}, True),
+    (lambda p, _: p.stages[0].update(sampler="ddpm"), {"base16": 1, "sr32": 2}, True),
+    (lambda p, _: p.stages[1].update(steps=2), {"sr32": 2}, True),  # The base's samples serve.
+    (lambda p, _: p.stages[1].update(guidance=0.0), {"sr32": 2}, True),
+    (lambda p, _: setattr(p, "classes", "1,2"), {"base16": 1, "sr32": 2}, True),
+    # Two batches of 8: the first is made as before (same key and labels), stored apart anyway.
+    (lambda p, _: setattr(p, "num_samples", 16), {"base16": 2, "sr32": 4}, False),
+    (_pretend_base_at_step_3, {"base16": 1, "sr32": 2}, False),  # The same parameters.
+], ids=["truncated", "seed", "sampler", "steps", "guidance", "classes", "num_samples",
+        "checkpoint_step"])
+def test_other_settings_into_the_same_output_are_stored_apart(
+    cascade_dir, stored_run, tmp_path, monkeypatch, change, expected_calls, new_images):
+  root, _ = cascade_dir
+  first_out, first = stored_run
+  out = str(tmp_path / "out")
+  shutil.copytree(first_out, out)
+  calls = _count_calls(monkeypatch)
+  pipeline = _pipeline(root, levels=STORED_LEVELS)
+  with monkeypatch.context() as patch:
+    change(pipeline, patch)
+    second = pipeline_lib.run(pipeline, root, out)
+  assert calls == expected_calls  # Sampled anew, not served the first run's images.
+  first_dir, second_dir = first["stages"][1]["directory"], second["stages"][1]["directory"]
+  assert first_dir != second_dir
+  settings = [json.loads((tmp_path / "out" / d / "settings.json").read_text())
+              for d in (first_dir, second_dir)]
+  assert settings[0] != settings[1]
+  for branch in (f"s{level:g}" for level in STORED_LEVELS):
+    same = np.array_equal(_images(out, first, branch), _images(out, second, branch)[:8])
+    assert same != new_images
+  # The first run's samples are intact and still served to its settings, sampling nothing.
+  calls.clear()
+  again = pipeline_lib.run(_pipeline(root, levels=STORED_LEVELS), root, out)
+  assert calls == {} and again["stages"][1]["directory"] == first_dir
+  for branch in (f"s{level:g}" for level in STORED_LEVELS):
+    np.testing.assert_array_equal(_images(out, again, branch), _images(first_out, first, branch))

@@ -61,7 +61,7 @@ def main(argv) -> None:
     pipeline_lib.train_stages(pipeline, _WORKDIR.value)
     return
   summary = pipeline_lib.run(pipeline, _WORKDIR.value, _OUTPUT.value)
-  print(json.dumps({"stages": [{k: stage[k] for k in ("name", "seconds", "branches")}
+  print(json.dumps({"stages": [{k: stage[k] for k in ("name", "seconds", "directory", "branches")}
                                for stage in summary["stages"]], "output": summary["output"]}))
   if _EVALUATE.value:
     results = pipeline_lib.evaluate_branches(pipeline, summary)

@@ -7,26 +7,48 @@ augmentation levels s* it is conditioned at, and `truncated`:
 * non-truncated (CDM 3.3): the stage below runs to t = 0; its images (uint8, as they would be
   stored) are re-noised at each s* with the augmentation process and handed up. The stage below is
   sampled once whatever the number of levels.
-* truncated: the stage below stops its sampler at t = s* and hands up its state z_{s*} unchanged
-  (one run of the stage below per s*, since each stops elsewhere). Its augmentation process must
-  then be the stage below's inference process (config.cascade.aug_schedule / aug_input_scale).
+* truncated: the stage below hands up its state z_{s*} unchanged, its augmentation process being
+  the stage below's inference process (config.cascade.aug_schedule / aug_input_scale). A sweep is
+  ONE trajectory of the stage below from t = 1, stopped at every level in turn: its sampler runs
+  the segments [s_1, 1], [s_2, s_1], ... (levels in decreasing order), each from the state and the
+  self-conditioning latents the previous one ended with, so every denoiser call is made once. The
+  `steps` of the stage below are shared out over the segments by the grid of a single run over
+  [min s*, 1] (each level taken to the nearest point of that grid, at least one step per segment):
+  the whole sweep makes `steps` denoiser calls ('heun': calls_per_run per segment), and a level on
+  that grid gets exactly the grid a single run over [s*, 1] of as many steps would use. Each segment
+  spaces its steps by the sampler's time grid over its own interval; 'dpmpp_2m' restarts at first
+  order after each stop. So the state at s* depends on the other levels: a truncated sweep's
+  levels are part of its settings (below), and a sweep extended by a level is a new trajectory.
 
 Every combination of levels is a branch, named by its levels ('s0.2' below the second stage,
 's0.2-s0' below the third). Samples go in global batches of `batch_size` over the stage's mesh.
-Outputs under `<output>/<stage>/<branch>/`: `batch_<i>.npz` per batch (uint8 `images` in [0, 255],
-`labels`; a truncated handover also keeps `state`, float32 z_{s*}), and `grid.png` of the first
-`grid_samples`. A stored batch is loaded, never sampled again: a rerun resumes, and a sweep
-extended by new levels samples only what is new. `summary.json` has the branches, seconds and
-checkpoint step per stage; a rerun refuses an output made from other checkpoints.
+
+Storage: a stored batch is served only to a run whose settings made it; a run with other settings
+is stored apart (never refused, never served another run's images). Each stage's batches go under
+`<output>/<stage>/<key>/`, key = a short hash of everything that determines them, written beside
+them as `settings.json`: the run's seed, batch size, number of samples and classes; every setting
+of this stage and of each stage below (workdir, checkpoint step, sampler, steps, guidance, time
+grid, td, guidance interval, self-conditioning, inference process; for a conditioned stage
+truncated or not, its augmentation process and upsampling, and a truncated stage's levels); and,
+if the stage above is truncated, the levels this stage stops at. The levels of a non-truncated
+stage are not in its key but in its branch names. So running the non-truncated sweep and then
+`:truncated` into the same output keeps both, a rerun resumes, and a non-truncated sweep extended
+by new levels samples only what is new (a new seed, sampler, checkpoint... samples everything
+again, apart). Layout: `<output>/<stage>/<key>/<branch>/batch_<i>.npz` per batch (uint8 `images` in
+[0, 255], `labels`; a truncated handover also keeps `state`, float32 z_{s*}), and `grid.png` of the
+first `grid_samples`. `<output>/summary.json` describes the latest run (its branches, seconds,
+checkpoint step and `directory` = `<stage>/<key>` per stage); `--evaluate` writes `eval.json` there
+and beside the last stage's batches.
 
 Keys: the stage at index k draws batch i from fold_in(fold_in(key(seed), k), i) whatever the
-branch, so branches differ only by their conditioning (common random numbers across s*), and the
-truncated handover at s* is exactly the stage's own sampler run with t_end = s* and that key.
+branch, so branches differ only by their conditioning (common random numbers across s*), and a
+truncated trajectory starts from the same noise as the stage's run to t = 0.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import json
 import logging
@@ -46,6 +68,7 @@ from rin_diffusion import (
   config_lib,
   fileio,
   generate,
+  networks,
   paper_configs,
   samplers,
   schedules,
@@ -58,6 +81,7 @@ from rin_diffusion.cascade import stage as stage_lib
 STAGE_FIELDS = ("name", "config", "overrides", "sampler", "steps", "guidance", "levels",
                 "truncated")
 _AUG_KEY_OFFSET = 1_000_003  # Keys of the non-truncated re-noising, apart from the samplers'.
+_KEY_CHARS = 12  # Hex digits of a settings key: 48 bits, no collision among a directory's runs.
 
 
 @dataclasses.dataclass
@@ -73,6 +97,7 @@ class Stage:
   params: Any = None
   mesh: Any = None
   step: int | None = None  # The restored checkpoint's step.
+  workdir: str = ""  # Where it was restored from.
 
 
 def _bad(where: str, message: str) -> ValueError:
@@ -183,6 +208,11 @@ def load_stages(pipeline: ml_collections.ConfigDict) -> list[Stage]:
                      f"{this_process} must be stage {stages[-1].name!r}'s inference process "
                      f"(config.diffusion.infer_schedule, input_scale) = {below_process}, whose "
                      "state it receives unchanged; use truncated=False or retrain")
+        if stages[-1].steps < len(levels):
+          raise _bad(f"{where}.levels",
+                     f"{len(levels)} levels of a truncated sweep need stage {stages[-1].name!r} to "
+                     f"take at least {len(levels)} steps (one trajectory, stopped at every level); "
+                     f"it takes steps={stages[-1].steps}")
     stages.append(Stage(name=name, config=config, sampler=sampler, steps=steps,
                         guidance=guidance, levels=tuple(float(v) for v in levels),
                         truncated=truncated))
@@ -210,6 +240,7 @@ def restore_stages(stages: Sequence[Stage], workdir: str) -> None:
       raise ValueError(f"stage {stage.name!r}: no workdir {stage_dir}; train it first with "
                        f"python -m rin_diffusion.main --config=<its config> --workdir={stage_dir}")
     stage.model = model
+    stage.workdir = stage_dir
     stage.params = checkpointing.restore_params_from(
         stage_dir, "ema", abstract_state["params"], stage.config,
         source=f"stage {stage.name!r} workdir")
@@ -217,19 +248,43 @@ def restore_stages(stages: Sequence[Stage], workdir: str) -> None:
       stage.step = reader.latest_step()
 
 
-def _check_stored(root: epath.Path, stages: Sequence[Stage]) -> None:
-  """Stored samples are reused only if every stage is still at the step that made them."""
-  path = root / "summary.json"
-  if not path.exists():
-    return
-  stored = {entry["name"]: entry.get("checkpoint_step")
-            for entry in json.loads(path.read_text())["stages"]}
-  for stage in stages:
-    if stage.name in stored and stored[stage.name] != stage.step:
-      raise ValueError(
-          f"--output={root}: its samples were made with stage {stage.name!r} at checkpoint step "
-          f"{stored[stage.name]}, which is now at step {stage.step}; pass another --output or "
-          "delete that directory (stored batches are reused, never resampled).")
+def _stage_settings(stage: Stage) -> dict[str, Any]:
+  """What of one stage decides its samples (with its input, decided by the stages below)."""
+  config = stage.config
+  sampling = config.sampling
+  settings = {
+      "workdir": stage.workdir, "checkpoint_step": stage.step, "sampler": stage.sampler,
+      "steps": stage.steps, "guidance": stage.guidance,
+      "time_grid": sampling.get("time_grid", "") or samplers.DEFAULT_TIME_GRID[stage.sampler],
+      "td": float(sampling.td),
+      "guidance_interval": [float(v) for v in sampling.guidance_interval],
+      "self_condition": bool(sampling.self_condition),
+      "infer_schedule": str(config.diffusion.infer_schedule),
+      "input_scale": float(config.diffusion.input_scale)}
+  if int(config.cascade.low_resolution) > 0:
+    cascade = config.cascade
+    settings.update(truncated=stage.truncated, upsample=str(cascade.upsample),
+                    aug_schedule=str(cascade.aug_schedule),
+                    aug_input_scale=float(cascade.aug_input_scale))
+    if stage.truncated:  # The trajectory below passes through every level (module docstring).
+      settings["levels"] = sorted(stage.levels, reverse=True)
+  return settings
+
+
+def stored_settings(stages: Sequence[Stage], k: int, run: dict[str, Any]) -> dict[str, Any]:
+  """Everything that determines stage k's stored batches: the run's settings (seed, batch size,
+  number of samples, classes), stage k's and every stage's below it, and the levels it stops at
+  when the stage above is truncated."""
+  above = stages[k + 1] if k + 1 < len(stages) else None
+  return {"run": run, "stages": [_stage_settings(stage) for stage in stages[:k + 1]],
+          "stops_at": (sorted(above.levels, reverse=True)
+                       if above is not None and above.truncated else None)}
+
+
+def settings_key(settings: dict[str, Any]) -> str:
+  """A short hash of the settings: the name of the directory their batches are stored in."""
+  text = json.dumps(settings, sort_keys=True)
+  return hashlib.sha256(text.encode()).hexdigest()[:_KEY_CHARS]
 
 
 def _check_pipeline_fields(pipeline: ml_collections.ConfigDict) -> None:
@@ -245,21 +300,100 @@ def _branch_name(levels: tuple[float, ...]) -> str:
   return "-".join(f"s{level:g}" for level in levels) if levels else "all"
 
 
-def _make_stage_sampler(stage: Stage) -> Callable[..., tuple[jax.Array, jax.Array]]:
-  """jitted (params, key_data, batch_index, labels, z_s, level, t_end) -> (x0 in [-1, 1], x_t)."""
-  batch_sharding = sharding.batch_sharding(stage.mesh)
+def _make_stage_sampler(stage: Stage) -> Callable[..., jax.Array]:
+  """jitted (params, key_data, batch_index, labels, z_s, level) -> x0 in [-1, 1], run to t = 0."""
   conditioned = int(stage.config.cascade.low_resolution) > 0
 
-  def run(params, key_data, batch_index, labels, z_s, level, t_end):
+  def run(params, key_data, batch_index, labels, z_s, level):
     key = jax.random.fold_in(jax.random.wrap_key_data(key_data), batch_index)
     extra = stage_lib.extra_inputs(z_s, level, stage.config) if conditioned else None
-    out = generate.sample_output(stage.model, stage.config, params, key, labels,
-                                 sampler=stage.sampler, steps=stage.steps,
-                                 guidance=stage.guidance, t_end=t_end, extra_cond=extra)
-    return out.x0, out.x_t
+    return generate.sample_output(stage.model, stage.config, params, key, labels,
+                                  sampler=stage.sampler, steps=stage.steps,
+                                  guidance=stage.guidance, extra_cond=extra).x0
 
-  return jax.jit(run, static_argnames=("t_end",),
-                 out_shardings=(batch_sharding, batch_sharding))
+  return jax.jit(run, out_shardings=sharding.batch_sharding(stage.mesh))
+
+
+def segment_steps(stage: Stage, stops: Sequence[float]) -> list[int]:
+  """The steps of each segment [stops[0], 1], [stops[1], stops[0]], ... of one trajectory stopped
+  at the decreasing `stops`: stage.steps in all, at least one each, shared out by the grid of a
+  single run over [stops[-1], 1] (each stop taken to that grid's nearest point)."""
+  if list(stops) != sorted(set(stops), reverse=True) or not 0 < len(stops) <= stage.steps:
+    raise ValueError(f"stops={list(stops)}; allowed: distinct decreasing levels, at most "
+                     f"steps={stage.steps} of them")
+  config = stage.config
+  t_now, _ = samplers.time_grid(
+      stage.steps, t_end=float(stops[-1]),
+      kind=config.sampling.get("time_grid", "") or samplers.DEFAULT_TIME_GRID[stage.sampler],
+      gamma_fn=schedules.gamma_fn(config.diffusion.infer_schedule),
+      input_scale=float(config.diffusion.input_scale))
+  points = np.append(np.asarray(t_now, np.float64), float(stops[-1]))  # Grid point i at step i.
+  ends, previous = [], 0
+  for index, stop in enumerate(stops[:-1]):
+    nearest = int(np.argmin(np.abs(points - float(stop))))
+    later = len(stops) - 1 - index  # Segments still to come, one step each at least.
+    previous = min(max(nearest, previous + 1), stage.steps - later)
+    ends.append(previous)
+  return [int(count) for count in np.diff([0, *ends, stage.steps])]
+
+
+def _trajectory(stage: Stage, params: Any, key: jax.Array, labels: jax.Array,
+                extra_cond: dict[str, jax.Array] | None, stops: Sequence[float],
+                steps: Sequence[int]) -> list[samplers.SampleOutput]:
+  """One run of the stage's sampler from t = 1, stopped at each of the decreasing `stops`: the
+  output at every stop. The same condition, denoise fn and start noise as generate.sample_output
+  (whose runs start from zero self-conditioning latents; these carry them over each stop)."""
+  config = stage.config
+  dcfg, mcfg = config.diffusion, config.model
+  num_classes, batch = int(mcfg.num_classes), labels.shape[0]
+  noise_key, sample_key = jax.random.split(key)
+  x_t = jax.random.normal(
+      noise_key, (batch, mcfg.image_size, mcfg.image_size, mcfg.channels), jnp.float32)
+  cond, null_cond = dict(extra_cond or {}), dict(extra_cond or {})
+  if num_classes > 0:
+    cond["class_onehot"] = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+    null_cond["class_onehot"] = jnp.zeros((batch, num_classes), jnp.float32)
+  denoise_fn = generate.make_denoise_fn(stage.model, params, dcfg,
+                                        bool(config.sampling.self_condition))
+  if dcfg.learned_variance and stage.sampler != "ddpm_learned":
+    channels = int(mcfg.channels)
+
+    def denoise_fn(x_t, gamma, cond, hidden, full=denoise_fn):  # The mean half only.
+      pred, hidden = full(x_t, gamma, cond, hidden)
+      return pred[..., :channels], hidden
+
+  hidden = networks.zero_hidden(config, batch)
+  outputs, t_start = [], 1.0
+  for index, (t_end, count) in enumerate(zip(stops, steps)):
+    # The first segment draws its step noise as a run to t = 0 does; the next ones fresh noise.
+    segment_key = jax.random.fold_in(sample_key, index) if index else sample_key
+    out = samplers.sample(
+        denoise_fn, x_t, segment_key, gamma_fn=schedules.gamma_fn(dcfg.infer_schedule),
+        steps=int(count),
+        sampler=stage.sampler, input_scale=float(dcfg.input_scale), pred_type=dcfg.pred_type,
+        cond=cond, null_cond=null_cond, guidance=stage.guidance if num_classes > 0 else 0.0,
+        td=float(config.sampling.td), hidden_init=hidden, t_end=float(t_end), t_start=t_start,
+        guidance_interval=tuple(config.sampling.guidance_interval),
+        time_grid=config.sampling.get("time_grid", "") or None)
+    outputs.append(out)
+    x_t, hidden, t_start = out.x_t, out.hidden, float(t_end)
+  return outputs
+
+
+def _make_chain_sampler(stage: Stage, levels: Sequence[float]) -> Callable[..., tuple]:
+  """jitted (params, key_data, batch_index, labels, z_s, level) -> (x0s, states), one per level
+  (in the order of `levels`): one trajectory of the stage stopped at every level."""
+  conditioned = int(stage.config.cascade.low_resolution) > 0
+  stops = sorted(levels, reverse=True)
+  steps = segment_steps(stage, stops)
+
+  def run(params, key_data, batch_index, labels, z_s, level):
+    key = jax.random.fold_in(jax.random.wrap_key_data(key_data), batch_index)
+    extra = stage_lib.extra_inputs(z_s, level, stage.config) if conditioned else None
+    outputs = dict(zip(stops, _trajectory(stage, params, key, labels, extra, stops, steps)))
+    return (tuple(outputs[v].x0 for v in levels), tuple(outputs[v].x_t for v in levels))
+
+  return jax.jit(run, out_shardings=sharding.batch_sharding(stage.mesh))
 
 
 def _to_device(array: np.ndarray, mesh) -> jax.Array:
@@ -286,33 +420,47 @@ def _from_uint8(images: np.ndarray) -> np.ndarray:
 
 
 class _Store:
-  """batch_<i>.npz files per (stage, branch); loads what exists instead of sampling it again."""
+  """batch_<i>.npz files per (stage directory, branch); loads what exists instead of sampling it."""
 
   def __init__(self, root: epath.Path, write: bool):
     self.root = root
     self.write = write
     # What existed when the run started: every process then agrees on what to load and what to
     # sample (the chief writes as it goes).
-    self.existing = {str(path) for path in root.glob("*/*/batch_*.npz")} if root.exists() else set()
+    self.existing = ({str(path) for path in root.glob("*/*/*/batch_*.npz")} if root.exists()
+                     else set())
 
-  def path(self, stage: str, branch: str, batch_index: int) -> epath.Path:
-    return self.root / stage / branch / f"batch_{batch_index:05d}.npz"
+  def path(self, directory: str, branch: str, batch_index: int) -> epath.Path:
+    return self.root / directory / branch / f"batch_{batch_index:05d}.npz"
 
-  def load(self, stage: str, branch: str, batch_index: int) -> dict[str, np.ndarray] | None:
-    path = self.path(stage, branch, batch_index)
+  def load(self, directory: str, branch: str, batch_index: int) -> dict[str, np.ndarray] | None:
+    path = self.path(directory, branch, batch_index)
     if str(path) not in self.existing:
       return None
     with path.open("rb") as f:
       with np.load(f) as data:
         return {key: data[key] for key in data.files}
 
-  def save(self, stage: str, branch: str, batch_index: int, arrays: dict[str, np.ndarray]) -> None:
+  def save(self, directory: str, branch: str, batch_index: int,
+           arrays: dict[str, np.ndarray]) -> None:
     if not self.write:
       return
-    path = self.path(stage, branch, batch_index)
+    path = self.path(directory, branch, batch_index)
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     fileio.write_bytes_atomically(path, buffer.getvalue())  # A batch file is complete or absent.
+
+  def claim(self, directory: str, settings: dict[str, Any]) -> None:
+    """Writes settings.json beside a directory's batches; refuses a directory made by others."""
+    path = self.root / directory / "settings.json"
+    if path.exists():
+      stored = json.loads(path.read_text())
+      if stored != json.loads(json.dumps(settings)):
+        raise ValueError(f"{path}: its batches were made with other settings under the same "
+                         f"key ({stored} against {settings}); delete that directory")
+    elif self.write:
+      path.parent.mkdir(parents=True, exist_ok=True)
+      fileio.write_bytes_atomically(path, json.dumps(settings, indent=1).encode())
 
 
 def run(pipeline: ml_collections.ConfigDict, workdir: str, output: str = "") -> dict[str, Any]:
@@ -321,10 +469,8 @@ def run(pipeline: ml_collections.ConfigDict, workdir: str, output: str = "") -> 
   stages = load_stages(pipeline)
   restore_stages(stages, workdir)  # Fails clearly, before anything is written.
   root = epath.Path(output or str(epath.Path(workdir) / "cascade_samples"))
-  _check_stored(root, stages)
   is_chief = jax.process_index() == 0
   store = _Store(root, write=is_chief)
-  samplers_ = [_make_stage_sampler(stage) for stage in stages]
   base = stages[0].config
   num_samples = int(pipeline.num_samples)
   classes = str(pipeline.get("classes", ""))
@@ -333,49 +479,62 @@ def run(pipeline: ml_collections.ConfigDict, workdir: str, output: str = "") -> 
             else generate.cycled_labels(int(base.model.num_classes), num_samples))
   batch_size = generate.sampling_batch_size(int(pipeline.batch_size), num_samples, stages[0].mesh)
   num_batches = -(-num_samples // batch_size)
+  run_settings = {"seed": int(pipeline.seed), "batch_size": batch_size,
+                  "num_samples": num_samples, "classes": classes}
+  settings = [stored_settings(stages, k, run_settings) for k in range(len(stages))]
+  directories = [f"{stage.name}/{settings_key(settings[k])}" for k, stage in enumerate(stages)]
+  for directory, stage_settings in zip(directories, settings):
+    store.claim(directory, stage_settings)
+  samplers_ = [_make_stage_sampler(stage) for stage in stages]
+  # The stages below a truncated one: one trajectory per batch and branch, stopped at every level.
+  chains = [_make_chain_sampler(stage, stages[k + 1].levels)
+            if k + 1 < len(stages) and stages[k + 1].truncated else None
+            for k, stage in enumerate(stages)]
   root_key = jax.random.key(int(pipeline.seed))
   stage_keys = [np.asarray(jax.random.key_data(jax.random.fold_in(root_key, k)))
                 for k in range(len(stages))]
   seconds = [0.0] * len(stages)
   branches: dict[str, list[str]] = {stage.name: [] for stage in stages}
 
-  def sample(k: int, batch_index: int, batch_labels: np.ndarray, z_s, level: float,
-             t_end: float) -> tuple[np.ndarray, np.ndarray]:
+  def sample(k: int, fn: Callable[..., Any], batch_index: int, batch_labels: np.ndarray, z_s,
+             level: float) -> Any:
+    """fn's outputs for stage k's batch on (z_s, level), on the host."""
     stage = stages[k]
     start = time.perf_counter()
     mesh = stage.mesh
-    x0, x_t = samplers_[k](stage.params, stage_keys[k], np.int32(batch_index),
-                           _to_device(batch_labels, mesh),
-                           None if z_s is None else _to_device(z_s, mesh),
-                           _to_device(np.full((len(batch_labels),), level, np.float32), mesh),
-                           t_end=float(t_end))
-    result = _to_host(x0), _to_host(x_t)
+    outputs = fn(stage.params, stage_keys[k], np.int32(batch_index),
+                 _to_device(batch_labels, mesh), None if z_s is None else _to_device(z_s, mesh),
+                 _to_device(np.full((len(batch_labels),), level, np.float32), mesh))
+    result = jax.tree.map(_to_host, outputs)
     seconds[k] += time.perf_counter() - start
     return result
 
   def descend(k: int, batch_index: int, batch_labels: np.ndarray, path: tuple[float, ...],
               z_s, level: float) -> None:
     """Samples stage k on (z_s, level) and everything above it, for every level above."""
-    stage = stages[k]
+    stage, directory = stages[k], directories[k]
     above = stages[k + 1] if k + 1 < len(stages) else None
     if above is not None and above.truncated:
-      handovers = []
-      for next_level in above.levels:
-        branch = _branch_name(path + (next_level,))  # Stopped at t = next_level.
-        stored = store.load(stage.name, branch, batch_index)
-        if stored is None:
-          x0, state = sample(k, batch_index, batch_labels, z_s, level, t_end=next_level)
-          stored = {"images": _to_uint8(x0), "labels": batch_labels, "state": state}
-          store.save(stage.name, branch, batch_index, stored)
-        _record(stage.name, branch)
-        handovers.append((next_level, stored["state"].astype(np.float32)))
+      names = [_branch_name(path + (next_level,)) for next_level in above.levels]
+      stored = [store.load(directory, name, batch_index) for name in names]
+      if any(batch is None for batch in stored):  # One trajectory gives every level's batch.
+        x0s, states = sample(k, chains[k], batch_index, batch_labels, z_s, level)
+        for index, name in enumerate(names):
+          if stored[index] is None:
+            stored[index] = {"images": _to_uint8(x0s[index]), "labels": batch_labels,
+                             "state": states[index]}
+            store.save(directory, name, batch_index, stored[index])
+      for name in names:
+        _record(stage.name, name)
+      handovers = [(next_level, batch["state"].astype(np.float32))
+                   for next_level, batch in zip(above.levels, stored)]
     else:
       branch = _branch_name(path)
-      stored = store.load(stage.name, branch, batch_index)
+      stored = store.load(directory, branch, batch_index)
       if stored is None:
-        x0, _ = sample(k, batch_index, batch_labels, z_s, level, t_end=0.0)
+        x0 = sample(k, samplers_[k], batch_index, batch_labels, z_s, level)
         stored = {"images": _to_uint8(x0), "labels": batch_labels}
-        store.save(stage.name, branch, batch_index, stored)
+        store.save(directory, branch, batch_index, stored)
       _record(stage.name, branch)
       if above is None:
         return
@@ -412,27 +571,30 @@ def run(pipeline: ml_collections.ConfigDict, workdir: str, output: str = "") -> 
                          "checkpoint_step": stage.step,
                          "sampler": stage.sampler, "steps": stage.steps,
                          "guidance": stage.guidance, "seconds": round(seconds[k], 2),
-                         "branches": branches[stage.name]}
+                         "directory": directories[k], "branches": branches[stage.name]}
                         for k, stage in enumerate(stages)],
              "output": str(root)}
   if is_chief:
     grid_samples = min(int(pipeline.grid_samples), num_samples)
-    for stage in stages:
+    for k, stage in enumerate(stages):
       for branch in branches[stage.name]:
         order = np.argsort(labels[:grid_samples], kind="stable")  # One row per class.
-        images = load_images(root, stage.name, branch, num_samples)[:grid_samples][order]
+        images = load_images(root, directories[k], branch, num_samples)[:grid_samples][order]
         shown = labels[:grid_samples][order]
         columns = int(np.sum(shown == shown[0]))
-        generate.save_grid(images, str(root / stage.name / branch / "grid.png"),
+        generate.save_grid(images, str(root / directories[k] / branch / "grid.png"),
                            columns=columns if 1 < columns < len(shown) else None)
     (root / "summary.json").write_text(json.dumps(summary, indent=1))
   return summary
 
 
-def load_images(root: epath.Path | str, stage: str, branch: str, num_samples: int,
+def load_images(root: epath.Path | str, stage_directory: str, branch: str, num_samples: int,
                 with_labels: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-  """The first num_samples uint8 images (and labels) of one (stage, branch), in batch order."""
-  directory = epath.Path(root) / stage / branch
+  """The first num_samples uint8 images (and labels) of one branch, in batch order.
+
+  stage_directory: `<stage>/<key>`, as a summary's stages list it ("directory").
+  """
+  directory = epath.Path(root) / stage_directory / branch
   images, labels = [], []
   for path in sorted(directory.glob("batch_*.npz")):
     with path.open("rb") as f, np.load(f) as data:
@@ -463,7 +625,7 @@ def evaluate_branches(pipeline: ml_collections.ConfigDict, summary: dict[str, An
   classifier = evaluate.load_classifier(config) if config.eval.cas else None
   results = {}
   for branch in last["branches"]:
-    images, labels = load_images(summary["output"], last["name"], branch,
+    images, labels = load_images(summary["output"], last["directory"], branch,
                                  summary["num_samples"], with_labels=True)
     scores = evaluate.score_images(config, images, labels, inception=inception,
                                    reference_stats=reference_stats, classifier=classifier)
@@ -471,5 +633,8 @@ def evaluate_branches(pipeline: ml_collections.ConfigDict, summary: dict[str, An
                                               "num_samples", "num_reference", "reference")}
     logging.info("cascade eval %s/%s: %s", last["name"], branch, results[branch])
   if jax.process_index() == 0:
-    (epath.Path(summary["output"]) / "eval.json").write_text(json.dumps(results, indent=1))
+    text = json.dumps(results, indent=1)
+    output = epath.Path(summary["output"])
+    (output / "eval.json").write_text(text)  # The latest run's, and kept beside its batches:
+    (output / last["directory"] / "eval.json").write_text(text)
   return results
