@@ -132,8 +132,10 @@ def test_queued_resource_pod_from_launch_to_a_table_row(tmp_path):
   finally:
     if watcher.poll() is None:
       watcher.kill()
-    subprocess.run([sys.executable, os.path.join(FAKES, "fake_cloud.py"), "sim", "preempt", NAME],
-                   env=env, capture_output=True, check=False)
+      watcher.wait()
+    if watcher.returncode != 0:  # Leave no worker running behind a failed test.
+      subprocess.run([sys.executable, os.path.join(FAKES, "fake_cloud.py"), "sim", "preempt",
+                      NAME], env=env, capture_output=True, check=False)
     watch_log.close()
   transcript = open(tmp_path / "watch.log").read()
   assert watcher.returncode == 0, transcript[-3000:] + _logs(cloud)[-5000:]

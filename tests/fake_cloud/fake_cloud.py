@@ -190,6 +190,8 @@ def tpu_vm_ssh(args: list[str]) -> None:
 
 def sim(verb: str, name: str) -> None:
   """The cloud's side: preemption, a crash, or reading the state."""
+  if verb != "state":
+    _record(["sim", verb, name])  # Where the test injected it, in the transcript.
   if verb == "preempt":
     _write_state(name, "SUSPENDING")
     _signal_all(name, signal.SIGTERM)  # The VMs shut down: every process gets SIGTERM ...
