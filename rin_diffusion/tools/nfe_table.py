@@ -29,14 +29,28 @@ from rin_diffusion import checkpointing, config_lib, samplers, schedules, shardi
 from rin_diffusion.evaluation import evaluate
 from rin_diffusion.evaluation import inception as inception_lib
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:arg]).")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Trainer workdir (its EMA parameters are scored).")
-_SAMPLERS = flags.DEFINE_list("samplers", ["ddim", "dpmpp_2m", "heun"], "Samplers to compare.")
-_CALLS = flags.DEFINE_list("calls", ["8", "12", "16", "25", "50"], "Denoiser-call budgets.")
-_TIME_GRIDS = flags.DEFINE_list("time_grids", [""], "Time grids ('' = the sampler's default).")
-_GUIDANCE = flags.DEFINE_list("guidance", [], "Guidance weights (default: config's fid_guidance).")
-_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1000, "Samples per cell.")
-_SEED = flags.DEFINE_integer("seed", 0, "Sampling seed (the same for every cell).")
+
+def _define_flags() -> dict[str, flags.FlagHolder]:
+  """The command line's flags, defined only when it runs: absl's registry is global, and tests
+  import this module beside other tools that define --config."""
+  return {
+      "config": config_flags.DEFINE_config_file("config", None, "Config file (path[:arg])."),
+      "workdir": flags.DEFINE_string("workdir", None,
+                                     "Trainer workdir (its EMA parameters are scored)."),
+      "samplers": flags.DEFINE_list("samplers", ["ddim", "dpmpp_2m", "heun"],
+                                    "Samplers to compare."),
+      "calls": flags.DEFINE_list("calls", ["8", "12", "16", "25", "50"],
+                                 "Denoiser-call budgets."),
+      "time_grids": flags.DEFINE_list("time_grids", [""],
+                                      "Time grids ('' = the sampler's default)."),
+      "guidance": flags.DEFINE_list("guidance", [],
+                                    "Guidance weights (default: config's fid_guidance)."),
+      "num_samples": flags.DEFINE_integer("num_samples", 1000, "Samples per cell."),
+      "seed": flags.DEFINE_integer("seed", 0, "Sampling seed (the same for every cell)."),
+  }
+
+
+_FLAGS: dict[str, flags.FlagHolder] = {}
 
 
 def cell_steps(config: ml_collections.ConfigDict, sampler: str, calls: int,
@@ -87,19 +101,22 @@ def table(config: ml_collections.ConfigDict, model: nn.Module, params: Any,
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise ValueError(f"unexpected arguments {argv[1:]}: every option is a --flag=value.")
-  config = _CONFIG.value
+  given = {name: holder.value for name, holder in _FLAGS.items()}
+  config = given["config"]
   mesh = sharding.make_mesh(config.mesh)
   model, _, _, abstract_state, _ = train.build(config, mesh)
-  params = checkpointing.restore_params_from(_WORKDIR.value, "ema", abstract_state["params"],
+  params = checkpointing.restore_params_from(given["workdir"], "ema", abstract_state["params"],
                                              config, source="--workdir")
-  for line in table(config, model, params, mesh, sampler_names=_SAMPLERS.value,
-                    calls=[int(c) for c in _CALLS.value], time_grids=_TIME_GRIDS.value or [""],
-                    guidances=[float(g) for g in _GUIDANCE.value],
-                    num_samples=_NUM_SAMPLES.value, seed=_SEED.value):
+  for line in table(config, model, params, mesh, sampler_names=given["samplers"],
+                    calls=[int(c) for c in given["calls"]],
+                    time_grids=given["time_grids"] or [""],
+                    guidances=[float(g) for g in given["guidance"]],
+                    num_samples=given["num_samples"], seed=given["seed"]):
     if jax.process_index() == 0:
       print(json.dumps(line), flush=True)
 
 
 if __name__ == "__main__":
+  _FLAGS.update(_define_flags())
   flags.mark_flags_as_required(["config", "workdir"])
   app.run(main)
