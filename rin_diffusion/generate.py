@@ -68,16 +68,23 @@ def class_labels(config: ml_collections.ConfigDict, num_samples: int, classes: s
   return np.repeat(np.asarray(ids, np.int32), per_class)[:num_samples]
 
 
-def sample_output(model: nn.Module, config: ml_collections.ConfigDict, params: Any,
-                  key: jax.Array, labels: jax.Array, *, sampler: str, steps: int, guidance: float,
-                  t_end: float = 0.0, extra_cond: dict[str, jax.Array] | None = None,
-                  noise: jax.Array | None = None, t_start: float = 1.0) -> samplers.SampleOutput:
-  """The sampler's output (x0-hat in [-1, 1] and the state at t_end) for the N labels.
+class SamplingSetup(NamedTuple):
+  """What every run of a sampler over a batch starts from (sample_output, cascade trajectories)."""
+  noise: jax.Array  # The state at t_start.
+  sample_key: jax.Array  # The sampler's own draws.
+  cond: dict[str, jax.Array]
+  null_cond: dict[str, jax.Array]  # extra_cond without the class: guidance drops only the class.
+  denoise_fn: samplers.DenoiseFn
+  sampler_kwargs: dict[str, Any]  # samplers.sample's settings from the config and the guidance.
 
-  extra_cond (a super-resolution stage's inputs, train.Conditioning's keys) is part of the
-  condition *and* of the null condition: guidance drops only the class. noise: the state at
-  t_start (default: pure noise drawn from `key`, at t_start = 1). Traced inside a jit.
-  """
+
+def sampling_setup(model: nn.Module, config: ml_collections.ConfigDict, params: Any,
+                   key: jax.Array, labels: jax.Array, *, sampler: str, guidance: float,
+                   extra_cond: dict[str, jax.Array] | None = None,
+                   noise: jax.Array | None = None) -> SamplingSetup:
+  """The start noise (drawn from `key` unless given), the conditions, the denoise function (the
+  mean half only of a learned-variance network, except for 'ddpm_learned') and the sampler's
+  settings for a batch of N labels."""
   dcfg = config.diffusion
   mcfg = config.model
   num_classes = int(mcfg.num_classes)
@@ -98,14 +105,31 @@ def sample_output(model: nn.Module, config: ml_collections.ConfigDict, params: A
       pred, hidden = full(x_t, gamma, cond, hidden)
       return pred[..., :channels], hidden
 
-  return samplers.sample(
-      denoise_fn, noise, sample_key,
-      gamma_fn=schedules.gamma_fn(dcfg.infer_schedule), steps=steps, sampler=sampler,
-      input_scale=float(dcfg.input_scale), pred_type=dcfg.pred_type, cond=cond,
-      null_cond=null_cond, guidance=guidance if num_classes > 0 else 0.0,
-      td=float(config.sampling.td), hidden_init=networks.zero_hidden(config, batch), t_end=t_end,
-      t_start=t_start, guidance_interval=tuple(config.sampling.guidance_interval),
+  sampler_kwargs = dict(
+      gamma_fn=schedules.gamma_fn(dcfg.infer_schedule), sampler=sampler,
+      input_scale=float(dcfg.input_scale), pred_type=dcfg.pred_type,
+      guidance=guidance if num_classes > 0 else 0.0, td=float(config.sampling.td),
+      guidance_interval=tuple(config.sampling.guidance_interval),
       time_grid=config.sampling.get("time_grid", "") or None)
+  return SamplingSetup(noise, sample_key, cond, null_cond, denoise_fn, sampler_kwargs)
+
+
+def sample_output(model: nn.Module, config: ml_collections.ConfigDict, params: Any,
+                  key: jax.Array, labels: jax.Array, *, sampler: str, steps: int, guidance: float,
+                  t_end: float = 0.0, extra_cond: dict[str, jax.Array] | None = None,
+                  noise: jax.Array | None = None, t_start: float = 1.0) -> samplers.SampleOutput:
+  """The sampler's output (x0-hat in [-1, 1] and the state at t_end) for the N labels.
+
+  extra_cond (a super-resolution stage's inputs, train.Conditioning's keys) is part of the
+  condition *and* of the null condition: guidance drops only the class. noise: the state at
+  t_start (default: pure noise drawn from `key`, at t_start = 1). Traced inside a jit.
+  """
+  setup = sampling_setup(model, config, params, key, labels, sampler=sampler, guidance=guidance,
+                         extra_cond=extra_cond, noise=noise)
+  return samplers.sample(
+      setup.denoise_fn, setup.noise, setup.sample_key, steps=steps, cond=setup.cond,
+      null_cond=setup.null_cond, hidden_init=networks.zero_hidden(config, labels.shape[0]),
+      t_end=t_end, t_start=t_start, **setup.sampler_kwargs)
 
 
 def _sample_images(model: nn.Module, config: ml_collections.ConfigDict, params: Any, key: jax.Array,

@@ -12,20 +12,17 @@ import numpy as np
 import pytest
 import trainer_utils as tu
 
-from rin_diffusion import sample_shards, train
+from rin_diffusion import sample_shards
 from rin_diffusion.evaluation import inception as inception_lib
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
   """(flags, workdir) of a tiny run with checkpoints 1 and 2, and step 1 as its 'best'."""
-  data_root = str(tmp_path_factory.mktemp("fmnist"))
-  workdir = str(tmp_path_factory.mktemp("run"))
-  train.train_and_evaluate(tu.tiny_config(data_root, total_steps=2, checkpoint_every_steps=1),
-                           workdir)
+  flags, workdir = tu.trained_run(tmp_path_factory)
   shutil.copytree(os.path.join(workdir, "checkpoints", "1"),
                   os.path.join(workdir, "checkpoints_best", "1"))
-  return tu.data_flags(data_root) + tu.TINY_FLAGS, workdir
+  return flags, workdir
 
 
 def _sample(flags, workdir, output, *extra):

@@ -16,18 +16,14 @@ import pytest
 import trainer_utils as tu
 from PIL import Image
 
-from rin_diffusion import generate, sample_shards, train
+from rin_diffusion import generate, sample_shards
 from rin_diffusion.tools import fid
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
   """(data flags, workdir) of a tiny run with checkpoints at steps 1 and 2."""
-  data_root = str(tmp_path_factory.mktemp("fmnist"))
-  workdir = str(tmp_path_factory.mktemp("run"))
-  train.train_and_evaluate(tu.tiny_config(data_root, total_steps=2, checkpoint_every_steps=1),
-                           workdir)
-  return tu.data_flags(data_root) + tu.TINY_FLAGS, workdir
+  return tu.trained_run(tmp_path_factory)
 
 
 def _sample_flags(output, num_samples, *extra):

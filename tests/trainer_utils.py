@@ -140,3 +140,14 @@ def run_main_without_tensorflow(workdir: str, flags: list[str],
   command = [sys.executable, "-c", WITHOUT_TENSORFLOW, f"--config={TINY_CONFIG}:tiny",
              f"--workdir={workdir}", *flags]
   return subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=timeout)
+
+
+def trained_run(tmp_path_factory) -> tuple[list[str], str]:
+  """(data and tiny flags, workdir) of a tiny run trained here, with checkpoints at steps 1 and 2."""
+  from rin_diffusion import train  # noqa: PLC0415 -- jax only for the tests that train.
+
+  data_root = str(tmp_path_factory.mktemp("fmnist"))
+  workdir = str(tmp_path_factory.mktemp("run"))
+  train.train_and_evaluate(tiny_config(data_root, total_steps=2, checkpoint_every_steps=1),
+                           workdir)
+  return data_flags(data_root) + TINY_FLAGS, workdir

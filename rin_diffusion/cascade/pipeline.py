@@ -341,40 +341,20 @@ def _trajectory(stage: Stage, params: Any, key: jax.Array, labels: jax.Array,
                 extra_cond: dict[str, jax.Array] | None, stops: Sequence[float],
                 steps: Sequence[int]) -> list[samplers.SampleOutput]:
   """One run of the stage's sampler from t = 1, stopped at each of the decreasing `stops`: the
-  output at every stop. The same condition, denoise fn and start noise as generate.sample_output
-  (whose runs start from zero self-conditioning latents; these carry them over each stop)."""
-  config = stage.config
-  dcfg, mcfg = config.diffusion, config.model
-  num_classes, batch = int(mcfg.num_classes), labels.shape[0]
-  noise_key, sample_key = jax.random.split(key)
-  x_t = jax.random.normal(
-      noise_key, (batch, mcfg.image_size, mcfg.image_size, mcfg.channels), jnp.float32)
-  cond, null_cond = dict(extra_cond or {}), dict(extra_cond or {})
-  if num_classes > 0:
-    cond["class_onehot"] = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
-    null_cond["class_onehot"] = jnp.zeros((batch, num_classes), jnp.float32)
-  denoise_fn = generate.make_denoise_fn(stage.model, params, dcfg,
-                                        bool(config.sampling.self_condition))
-  if dcfg.learned_variance and stage.sampler != "ddpm_learned":
-    channels = int(mcfg.channels)
-
-    def denoise_fn(x_t, gamma, cond, hidden, full=denoise_fn):  # The mean half only.
-      pred, hidden = full(x_t, gamma, cond, hidden)
-      return pred[..., :channels], hidden
-
-  hidden = networks.zero_hidden(config, batch)
+  output at every stop. The same start as generate.sample_output (generate.sampling_setup), whose
+  runs start from zero self-conditioning latents; these carry them over each stop."""
+  setup = generate.sampling_setup(stage.model, stage.config, params, key, labels,
+                                  sampler=stage.sampler, guidance=stage.guidance,
+                                  extra_cond=extra_cond)
+  x_t, hidden = setup.noise, networks.zero_hidden(stage.config, labels.shape[0])
   outputs, t_start = [], 1.0
   for index, (t_end, count) in enumerate(zip(stops, steps)):
     # The first segment draws its step noise as a run to t = 0 does; the next ones fresh noise.
-    segment_key = jax.random.fold_in(sample_key, index) if index else sample_key
+    segment_key = jax.random.fold_in(setup.sample_key, index) if index else setup.sample_key
     out = samplers.sample(
-        denoise_fn, x_t, segment_key, gamma_fn=schedules.gamma_fn(dcfg.infer_schedule),
-        steps=int(count),
-        sampler=stage.sampler, input_scale=float(dcfg.input_scale), pred_type=dcfg.pred_type,
-        cond=cond, null_cond=null_cond, guidance=stage.guidance if num_classes > 0 else 0.0,
-        td=float(config.sampling.td), hidden_init=hidden, t_end=float(t_end), t_start=t_start,
-        guidance_interval=tuple(config.sampling.guidance_interval),
-        time_grid=config.sampling.get("time_grid", "") or None)
+        setup.denoise_fn, x_t, segment_key, steps=int(count), cond=setup.cond,
+        null_cond=setup.null_cond, hidden_init=hidden, t_end=float(t_end), t_start=t_start,
+        **setup.sampler_kwargs)
     outputs.append(out)
     x_t, hidden, t_start = out.x_t, out.hidden, float(t_end)
   return outputs
