@@ -175,11 +175,12 @@ def test_unet_cascade_samples_with_learned_variances(unet_cascade, tmp_path, tru
   out = str(tmp_path / "out")
   summary = pipeline_lib.run(p, unet_cascade, out)
   assert summary["stages"][1]["branches"] == ["s0", "s0.3"]
+  directory = summary["stages"][1]["directory"]  # sr32/<key of its settings>
   for branch in ("s0", "s0.3"):
-    images = pipeline_lib.load_images(out, "sr32", branch, 8)
+    images = pipeline_lib.load_images(out, directory, branch, 8)
     assert images.shape == (8, 32, 32, 1) and images.dtype == np.uint8
     assert images.std() > 0  # Not a constant image: the sampler ran with noise.
-    assert os.path.exists(os.path.join(out, "sr32", branch, "grid.png"))
+    assert os.path.exists(os.path.join(out, directory, branch, "grid.png"))
 
 
 def test_unet_trains_the_same_on_an_fsdp_mesh_with_sharded_parameters(tmp_path):
