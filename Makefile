@@ -29,7 +29,7 @@ demo: setup
 	$(PY) -m rin_diffusion.main --config=configs/fashion_mnist.py --workdir=$(WORKDIR)
 
 # The offline demo cascade (configs/cdm/pipeline_fashion_mnist.py): trains a 16x16 base and a
-# 16 -> 32 stage, samples the cascade at every level s* and scores each (README: Cascades).
+# 16 -> 32 stage, samples the cascade at every level s* and scores each (docs/cascade.md).
 demo-cascade: setup
 	$(PY) -m rin_diffusion.cascade --mode=train --pipeline=configs/cdm/pipeline_fashion_mnist.py \
 	  --workdir=$(CASCADE_WORKDIR)

@@ -238,7 +238,7 @@ def _set_dotted(config: ml_collections.ConfigDict, dotted: str, value: Any) -> N
 # measured by compiling its train step ahead of time with libtpu's TPU compiler:
 #   python -m rin_diffusion.tools.plan --config=configs/imagenet<R>.py --topology=v4-128 \
 #       [--config.model.dtype=bfloat16 --config.model.remat=True]
-# (README "Performance and memory plans"; 5.5-8 minutes each). 1024 in float32 without remat is
+# (docs/performance.md; 5.5-8 minutes each). 1024 in float32 without remat is
 # refused by the compiler on v5e-256 and left 2-3 GiB at 512/768 on v4-128, so it runs in bfloat16
 # activations (parameters, optimizer state, softmax and the loss stay float32) with full remat.
 FITTING_PLANS = {

@@ -432,7 +432,7 @@ def fashion_mnist_stage(arg: str = "") -> ml_collections.ConfigDict:
     c.checkpoint_every_steps = 500
     c.batch_size = 64
     c.log_every_steps = 50
-  # The recipe the demo cascade was measured with (README). The 32x32 demo has since moved to the
+  # The recipe the demo cascade was measured with (docs/cascade.md). The 32x32 demo has since moved to the
   # plain v loss (docs/demo_diagnosis.md row 11), to batch 32 and then 4, to the local stem and
   # output kernels, to guidance 3 and to ddpm_small 25 (rows 17, 23, 26 and 47); the cascade has
   # not been re-measured with them.
