@@ -36,7 +36,8 @@ CORE = [
 # clu's metric writers and periodic actions, and tfds' tf.data paths, need TensorFlow.
 TF = ["tensorflow-cpu>=2.21.0; platform_machine == 'x86_64'", "tensorboard>=2.21.0"]
 
-# Exactly what CI installs on Python 3.11 (see ../shared/spec/environment.md).
+# Exactly what CI installs on Python 3.11 (the newest jax and flax that still support 3.11; also
+# pinned in launch/constraints.txt).
 CI_PINS = [
     "jax==0.10.2",
     "jaxlib==0.10.2",

@@ -20,7 +20,8 @@ from rin_diffusion.tools import param_table
 
 REPO = trainer_utils.REPO
 
-# Appendix B of the CDM paper, typed from ../shared/papers/cascaded-diffusion-ho2021.txt (section B):
+# Appendix B of the CDM paper (Ho et al. 2021, "Cascaded Diffusion Models for High Fidelity Image
+# Generation"), typed from its hyperparameter tables:
 # file -> (base channels, multipliers, res blocks, attention resolutions, heads, head dim, batch,
 # learning rate, steps, dropout, T of the training process or 0 (continuous), schedule family,
 # learned variances, sampling steps).
