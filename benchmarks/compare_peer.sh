@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Side by side with lucidrains' rin-pytorch (the peer) at one matched config, in one run:
 # our train step (benchmarks/train_step.py), our sampler step (benchmarks/sample_step.py), then the
-# peer (shared/bench/peer_rin_pytorch.py), each pinned to the same THREADS cores. Prints each
-# benchmark's JSON line as it comes, and as its LAST line one JSON object with the ratios
-# ours / peer (training images/s, seconds per sampling step) and the raw numbers.
+# peer (benchmarks/peer_rin_pytorch.py, run by the peer's own venv), each pinned to the same THREADS
+# cores. Prints each benchmark's JSON line as it comes, and as its LAST line one JSON object with
+# the ratios ours / peer (training images/s, seconds per sampling step) and the raw numbers.
+# Everything it runs is in this repository; the peer's venv comes from the package registry.
 #
 # Matched config: 32x32x3, patch 4 (64 interface tokens x 256), 64 latents x 512 (+ the time token:
 # the peer's --latent-token-time-cond appends one, our latent_slots counts it), 2 blocks x 2 latent
@@ -13,8 +14,9 @@
 #   bash benchmarks/compare_peer.sh
 #   THREADS=4 PEER_VENV=/tmp/peer bash benchmarks/compare_peer.sh
 #
-# Environment: PEER_VENV (default /tmp/peer; built with setup_peer.sh when missing), PEER_BENCH
-# (default ../shared/bench next to the repository), PYTHON (ours, default .venv/bin/python),
+# Environment: PEER_VENV (default /tmp/peer; built with benchmarks/setup_peer.sh when missing),
+# PEER_BENCH (the folder holding setup_peer.sh and peer_rin_pytorch.py, default benchmarks/ of
+# this repository), PYTHON (ours, default .venv/bin/python),
 # THREADS (default 2), STEPS (timed train steps, default 10), SAMPLE_STEPS (peer's K, default 10),
 # TIMEOUT_S (per benchmark, default 1800).
 set -euo pipefail
@@ -22,7 +24,7 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
 PEER_VENV="${PEER_VENV:-/tmp/peer}"
-PEER_BENCH="${PEER_BENCH:-$REPO/../shared/bench}"
+PEER_BENCH="${PEER_BENCH:-$REPO/benchmarks}"
 PYTHON="${PYTHON:-$REPO/.venv/bin/python}"
 THREADS="${THREADS:-2}"
 STEPS="${STEPS:-10}"
