@@ -8,8 +8,11 @@ r"""Expands a sweep file into one workdir and launch command per member; runs or
 A sweep file defines `get_sweep() -> list[dict]`. Each member dict has
   'name'        the run's name: its workdir is WORKDIR_ROOT/NAME (lowercase letters, digits, '-');
   'config'      the config file, 'configs/imagenet64.py' or 'configs/imagenet64.py:ARG';
-  'a.b.c'       any number of dotted config overrides, passed as --config.a.b.c=VALUE;
-and optional metadata that is not passed on: 'paper_fid' (the paper's number for this cell).
+  'a.b.c'       any number of config overrides, passed as --config.a.b.c=VALUE (a top-level
+                field such as 'seed' or 'total_steps' too);
+and optional metadata that is not passed on: 'paper_fid' (the paper's number for this cell) and
+'paper_resolution' (the paper's resolution it stands for, when it is not the member's own).
+`SWEEP.py:ARG` passes ARG to get_sweep(ARG), as `--config=FILE.py:ARG` passes it to get_config.
 
 Launchers (--launcher):
   python            python -m rin_diffusion.main ... (this interpreter)
@@ -22,6 +25,12 @@ Launchers (--launcher):
 Every member's config is loaded and its overrides applied before anything is printed or run, so a
 typo in a key fails here and not an hour into a queue. --dry-run prints the commands, one per line
 (shell-quoted); otherwise they run one after another (--parallel=N: N at a time, logs in --log_dir).
+
+Run one after another with --launcher=python or local, a sweep is resumable run by run: a member
+whose final evaluation is recorded (an 'eval' record of step total_steps in WORKDIR/metrics.jsonl)
+is skipped, a half-trained one resumes from its last checkpoint, and SIGTERM is passed on to the
+running member (it saves a checkpoint) and stops the sweep with exit status 75: rerun the same
+command to go on.
 """
 
 from __future__ import annotations
@@ -29,24 +38,39 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import importlib.util
+import inspect
+import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-from rin_diffusion import paper_configs
+from rin_diffusion import exit_status, paper_configs
 
 LAUNCHERS = ("python", "local", "tpu_vm", "queued_resources", "slurm")
-META_KEYS = ("name", "config", "paper_fid")
+# Launchers that run the member here, in order: a finished member is skipped (run_in_order).
+RESUMABLE_LAUNCHERS = ("python", "local")
+META_KEYS = ("name", "config", "paper_fid", "paper_resolution")
 _NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+# A config field path: check_member loads the config and rejects one that is not there.
+_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _REPO_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+def split_sweep_arg(path: str) -> tuple[str, str | None]:
+  """'SWEEP.py:ARG' -> ('SWEEP.py', 'ARG'); 'SWEEP.py' -> ('SWEEP.py', None)."""
+  file, sep, arg = path.rpartition(".py:")
+  return (file + ".py", arg) if sep else (path, None)
+
+
 def load_sweep(path: str) -> list[dict[str, Any]]:
-  """Imports the sweep file at `path`, calls get_sweep() and checks the members' shape."""
+  """Imports the sweep file at `path` ('SWEEP.py' or 'SWEEP.py:ARG'), calls get_sweep() (or
+  get_sweep(ARG)) and checks the members' shape."""
+  path, arg = split_sweep_arg(path)
   if not os.path.isfile(path):
     raise ValueError(f"sweep file {path!r} does not exist.")
   spec = importlib.util.spec_from_file_location("rin_sweep_" + os.path.basename(path)[:-3], path)
@@ -54,7 +78,9 @@ def load_sweep(path: str) -> list[dict[str, Any]]:
   spec.loader.exec_module(module)
   if not hasattr(module, "get_sweep"):
     raise ValueError(f"sweep file {path!r} defines no get_sweep().")
-  members = list(module.get_sweep())
+  if arg is not None and not inspect.signature(module.get_sweep).parameters:
+    raise ValueError(f"sweep file {path!r}: get_sweep() takes no argument (':{arg}' given).")
+  members = list(module.get_sweep() if arg is None else module.get_sweep(arg))
   seen = set()
   for i, member in enumerate(members):
     where = f"{path}: member {i}"
@@ -69,9 +95,9 @@ def load_sweep(path: str) -> list[dict[str, Any]]:
           f"{where}: name={name!r} is used twice; names (and workdirs) must be unique.")
     seen.add(name)
     for key in member:
-      if key not in META_KEYS and "." not in key:
-        raise ValueError(f"{where}: key {key!r} is neither a dotted config override "
-                         f"('a.b') nor one of {', '.join(META_KEYS)}.")
+      if key not in META_KEYS and not _KEY_RE.match(key):
+        raise ValueError(f"{where}: key {key!r} is neither a config override ('a.b', 'seed') "
+                         f"nor one of {', '.join(META_KEYS)}.")
   return members
 
 
@@ -89,8 +115,8 @@ def format_value(value: Any) -> str:
   return str(value)
 
 
-def check_member(member: dict[str, Any]) -> None:
-  """Loads the member's config (relative to the repo root) and applies its overrides."""
+def check_member(member: dict[str, Any]):
+  """Loads the member's config (relative to the repo root), applies its overrides, returns it."""
   config_file, sep, arg = member["config"].partition(":")
   path = config_file if os.path.isabs(config_file) else os.path.join(_REPO_DIR, config_file)
   config = paper_configs.load_config(path + sep + arg)
@@ -106,6 +132,7 @@ def check_member(member: dict[str, Any]) -> None:
     except (KeyError, TypeError, AttributeError) as error:
       raise ValueError(f"sweep member {member['name']!r}: cannot set config.{dotted}={value!r} "
                        f"({type(error).__name__}: {error}).") from None
+  return config
 
 
 def trainer_flags(member: dict[str, Any], workdir: str) -> list[str]:
@@ -166,6 +193,100 @@ def _run_one(argv: list[str], log_path: str | None) -> int:
     return subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, check=False).returncode
 
 
+def finished_step(member: dict[str, Any]) -> int | None:
+  """The step whose evaluation record marks the member's run complete (its total_steps), or None
+  when the run has no in-loop evaluation to look for."""
+  config = check_member(member)
+  return int(config.total_steps) if int(config.eval_every_steps) else None
+
+
+def is_finished(workdir: str, step: int | None) -> bool:
+  """Whether WORKDIR/metrics.jsonl holds the evaluation record of `step` (the trainer's own test
+  for a complete run: train._evaluated_at)."""
+  if step is None:
+    return False
+  from etils import epath  # Reads local paths and gs:// alike.
+
+  try:
+    lines = (epath.Path(workdir) / "metrics.jsonl").read_text().splitlines()
+  except (FileNotFoundError, OSError):
+    return False
+  for line in lines:
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError:  # A line cut short by a kill: not a record.
+      continue
+    if record.get("mode") == "eval" and record.get("step") == step:
+      return True
+  return False
+
+
+class _ForwardSigterm:
+  """While installed, SIGTERM to the sweep is passed on to the running member (whose trainer saves
+  a durable checkpoint and exits 75) and no further member starts."""
+
+  def __init__(self):
+    self.requested = False
+    self.child: subprocess.Popen | None = None
+    self._previous = None
+
+  def __enter__(self) -> _ForwardSigterm:
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def __exit__(self, *exc) -> None:
+    signal.signal(signal.SIGTERM, self._previous)
+
+  def _handle(self, signum, frame) -> None:
+    del frame
+    self.requested = True
+    if self.child is not None and self.child.poll() is None:
+      self.child.send_signal(signum)
+
+  def run(self, argv: list[str]) -> int:
+    self.child = subprocess.Popen(argv)
+    if self.requested:  # The signal came while the member was being started.
+      self.child.send_signal(signal.SIGTERM)
+    try:
+      return self.child.wait()
+    finally:
+      self.child = None
+
+
+def run_in_order(runs: Sequence[tuple[dict[str, Any], str, list[str]]],
+                 finished: Sequence[bool]) -> int:
+  """Runs the members one after another, skipping finished ones; the sweep's exit status.
+
+  Resumable run by run: a member that is finished (its final evaluation recorded) is skipped, a
+  half-trained one resumes from its checkpoint (the trainer does that). SIGTERM, or a member that
+  exits PREEMPTED, stops the sweep with PREEMPTED; the same command then carries on.
+  """
+  failed = []
+  with _ForwardSigterm() as stop:
+    for (member, workdir, command), done in zip(runs, finished, strict=True):
+      if stop.requested:
+        break
+      if done:
+        print(f"sweep: {member['name']}: finished (final evaluation in {workdir}/metrics.jsonl); "
+              "skipped", file=sys.stderr, flush=True)
+        continue
+      print(f"sweep: {member['name']}: {shlex.join(command)}", file=sys.stderr, flush=True)
+      status = stop.run(command)
+      if stop.requested or status == exit_status.PREEMPTED:
+        print(f"sweep: stopped during {member['name']} (exit status {status}); rerun the same "
+              "command to resume", file=sys.stderr, flush=True)
+        return exit_status.PREEMPTED
+      if status != 0:
+        failed.append(member["name"])
+  if stop.requested:
+    return exit_status.PREEMPTED
+  if failed:
+    print(f"sweep: {len(failed)} of {len(runs)} failed: {', '.join(sorted(failed))}",
+          file=sys.stderr)
+    return 1
+  return 0
+
+
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   parser = argparse.ArgumentParser(
       prog="python -m rin_diffusion.tools.sweep",
@@ -209,13 +330,15 @@ def main(argv: Sequence[str] | None = None) -> int:
       print(shlex.join(command))
     return 0
   if args.parallel == 1:
-    failed = [m["name"] for m, _, command in runs if _run_one(command, None) != 0]
-  else:
-    os.makedirs(args.log_dir, exist_ok=True)
-    with concurrent.futures.ThreadPoolExecutor(args.parallel) as pool:
-      futures = {pool.submit(_run_one, command, os.path.join(args.log_dir, m["name"] + ".log")):
-                 m["name"] for m, _, command in runs}
-      failed = [futures[f] for f in concurrent.futures.as_completed(futures) if f.result() != 0]
+    # Runs on this machine can be checked here; a TPU or SLURM job is the launcher's business.
+    local = args.check and args.launcher in RESUMABLE_LAUNCHERS
+    return run_in_order(runs, [local and is_finished(workdir, finished_step(m))
+                               for m, workdir, _ in runs])
+  os.makedirs(args.log_dir, exist_ok=True)
+  with concurrent.futures.ThreadPoolExecutor(args.parallel) as pool:
+    futures = {pool.submit(_run_one, command, os.path.join(args.log_dir, m["name"] + ".log")):
+               m["name"] for m, _, command in runs}
+    failed = [futures[f] for f in concurrent.futures.as_completed(futures) if f.result() != 0]
   if failed:
     print(f"sweep: {len(failed)} of {len(runs)} failed: {', '.join(sorted(failed))}",
           file=sys.stderr)
