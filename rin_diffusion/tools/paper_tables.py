@@ -6,6 +6,7 @@ r"""Prints the noise-scheduling paper's Tables 1-4 as our configs encode them, n
   python -m rin_diffusion.tools.paper_tables --reproduce          # docs/reproduce.md's tables
   python -m rin_diffusion.tools.paper_tables --tables=5 --workdir_root=gs://BUCKET/runs  # FIDs
   python -m rin_diffusion.tools.paper_tables --sweep=SWEEP.py --workdir_root=ROOT  # any sweep
+  python -m rin_diffusion.tools.paper_tables --sweep=SWEEP.py --workdir_root=ROOT --layout=grid
 
 Tables 1 and 2 are read from the config files through the same loader the trainer's --config flag
 uses (import the file by path, call get_config()); parameter counts come from the model itself
@@ -137,8 +138,8 @@ def shared_hyperparameters() -> list[list[str]]:
   ]
 
 
-def read_fid(workdir: str) -> float | None:
-  """The last 'fid' value in workdir/metrics.jsonl (None when there is none)."""
+def read_evaluation(workdir: str) -> dict[str, Any] | None:
+  """The last record with an 'fid' key in workdir/metrics.jsonl (None when there is none)."""
   from etils import epath  # Reads local paths and gs:// alike.
 
   path = epath.Path(workdir) / "metrics.jsonl"
@@ -146,7 +147,7 @@ def read_fid(workdir: str) -> float | None:
     lines = path.read_text().splitlines()
   except (FileNotFoundError, OSError):
     return None
-  fid = None
+  last = None
   for line in lines:
     try:
       record = json.loads(line)
@@ -154,13 +155,23 @@ def read_fid(workdir: str) -> float | None:
       continue
     for key in ("fid", "fid50k", "fid_50k"):
       if key in record:
-        fid = float(record[key])
-  return fid
+        last = {**record, "fid": record[key]}
+  return last
 
 
-def sweep_table(table: int | str, workdir_root: str = "") -> list[list[str]]:
-  """Table 3 or 4 (or any sweep file given by its path): one row per member, with our FID from
-  WORKDIR_ROOT/NAME/metrics.jsonl when workdir_root is given."""
+def read_fid(workdir: str) -> float | None:
+  """The last 'fid' value in workdir/metrics.jsonl (None when there is none)."""
+  record = read_evaluation(workdir)
+  return None if record is None else float(record["fid"])
+
+
+def sweep_table(table: int | str, workdir_root: str = "", layout: str = "members"
+                ) -> list[list[str]]:
+  """Table 3 or 4 (or any sweep file given by its path, 'SWEEP.py[:ARG]'): one row per member,
+  with our FID from WORKDIR_ROOT/NAME/metrics.jsonl when workdir_root is given; layout='grid':
+  the paper's Table 4 layout (sweep_grid)."""
+  if layout == "grid":
+    return sweep_grid(table, workdir_root)
   from rin_diffusion.tools import sweep as sweep_lib
 
   path = table if isinstance(table, str) else os.path.join(_REPO_DIR, _SWEEPS[table])
@@ -174,6 +185,61 @@ def sweep_table(table: int | str, workdir_root: str = "") -> list[list[str]]:
     if workdir_root:
       fid = read_fid(workdir_root.rstrip("/") + "/" + m["name"])
       row.append("-" if fid is None else f"{fid:.2f}")
+    rows.append(row)
+  return rows
+
+
+def _resolution(member: dict[str, Any]) -> int | str:
+  return member.get("dataset.image_size", member.get("model.image_size", member["config"]))
+
+
+def _cell_text(values: list[str]) -> str:
+  return " / ".join(values) if values else "not yet run"
+
+
+def sweep_grid(table: int | str, workdir_root: str = "") -> list[list[str]]:
+  """The paper's Table 4 layout: a row per (gamma, b), per resolution three columns: our FID, the
+  paper's FID (of paper_resolution when the member names one) and our true CAS.
+
+  A cell with several members (seeds) lists their numbers in seed order, 'a / b'.
+  """
+  from rin_diffusion.tools import sweep as sweep_lib
+
+  path = table if isinstance(table, str) else os.path.join(_REPO_DIR, _SWEEPS[table])
+  members = sweep_lib.load_sweep(path)
+  # Sizes in increasing order; a member that keeps its config's size is one column of its own.
+  resolutions = sorted({_resolution(m) for m in members},
+                       key=lambda r: (isinstance(r, str), r if isinstance(r, int) else 0, str(r)))
+  rows_keys: list[tuple[str, str]] = []
+  cells: dict[tuple[tuple[str, str], Any], list[dict[str, Any]]] = {}
+  for m in members:
+    key = (str(m.get("diffusion.train_schedule", "(config)")),
+           _num(m["diffusion.input_scale"]) if "diffusion.input_scale" in m else "(config)")
+    if key not in rows_keys:
+      rows_keys.append(key)
+    cells.setdefault((key, _resolution(m)), []).append(m)
+  paper_of = {_resolution(m): m.get("paper_resolution", _resolution(m)) for m in members}
+  header = ["gamma(t)", "b"]
+  for r in resolutions:
+    size = f"{r}x{r}" if isinstance(r, int) else str(r)
+    paper = paper_of[r]
+    header += [f"{size} FID", f"paper FID ({paper}x{paper})" if isinstance(paper, int)
+               else "paper FID", f"{size} CAS"]
+  rows = [header]
+  for key in rows_keys:
+    row = [*key]
+    for r in resolutions:
+      group = sorted(cells.get((key, r), []), key=lambda m: m.get("seed", 0))
+      fids, cas = [], []
+      for m in group:
+        record = read_evaluation(workdir_root.rstrip("/") + "/" + m["name"]) if workdir_root \
+            else None
+        if record is not None:
+          fids.append(f"{float(record['fid']):.1f}")
+          cas.append("-" if record.get("cas") is None else f"{100 * float(record['cas']):.1f} %")
+      papers = sorted({_num(m["paper_fid"]) for m in group if "paper_fid" in m})
+      row += [_cell_text(fids) if group else "", " / ".join(papers) or "-",
+              _cell_text(cas) if group else ""]
     rows.append(row)
   return rows
 
@@ -347,6 +413,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   parser.add_argument("--sweep", default="",
                       help="A sweep file to tabulate like Tables 3/4 (with --workdir_root: our "
                            "FID per member), instead of --tables.")
+  parser.add_argument("--layout", default="members", choices=("members", "grid"),
+                      help="--sweep: one row per member, or 'grid': the paper's Table 4 layout "
+                           "(rows gamma and b; per resolution our FID, the paper's, our CAS).")
   parser.add_argument("--cost", action="store_true", help="Print FLOPs and chip-hours.")
   parser.add_argument("--reproduce", action="store_true",
                       help="Print docs/reproduce.md's generated section (commands and costs).")
@@ -377,11 +446,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     return
   if args.sweep:
     try:
-      rows = sweep_table(args.sweep, args.workdir_root)
+      rows = sweep_table(args.sweep, args.workdir_root, args.layout)
     except ValueError as error:
       print(f"paper_tables: error: --sweep={args.sweep}: {error}", file=sys.stderr)
       sys.exit(2)
-    print(f"Sweep {args.sweep} (FID: the last 'fid' record of each member's metrics.jsonl)\n")
+    print(f"Sweep {args.sweep} (FID and CAS: the last 'fid' record of each member's "
+          "metrics.jsonl)\n")
     print("\n".join(_markdown(rows)))
     return
   sections = {
