@@ -1,7 +1,8 @@
-"""Nothing in the repository refers to files outside it: no tracked file names `../shared` or an
-absolute path under /work/, so everything it cites or runs works from a fresh clone (papers and specs
-are cited in words, scripts live in the repository). Reads the files `git ls-files` lists; imports
-no jax."""
+"""Nothing in the repository refers to files outside it: no tracked file names the `shared` folder
+beside the repository (as a `..` path) or an absolute path under the machine's `work` directory, so
+everything it cites or runs works from a fresh clone (papers and specs are cited in words, scripts
+live in the repository). Reads the files `git ls-files` lists; imports no jax. This file spells
+the patterns in pieces so that it does not match itself."""
 
 import os
 import re
@@ -11,9 +12,8 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# `../shared` (the folder beside the repository where papers, specs and peer benchmarks were kept)
-# and absolute paths under /work/ (this machine's checkouts, runs and scratch). The pattern is split
-# so that this file does not match itself.
+# The `shared` folder beside the repository (where papers, specs and peer benchmarks were kept),
+# and absolute paths under the machine's `work` directory (its checkouts, runs and scratch).
 OUTSIDE = re.compile(r"\.\./" + "shared|(?<![\\w.~-])/" + r"work/")
 
 
