@@ -210,8 +210,10 @@ def test_record_is_the_mean_and_std_over_seeds():
        "preprocessing": "p", "timings": {"sampling_s": 4.0, "images_per_s": 2.0}},
   ]
   for result, ceiling, on_samples in zip(results, (0.9, 0.8), (0.95, 0.85)):
-    result.update(cas_real_ceiling=ceiling, accuracy_on_samples=on_samples)
+    result.update(cas_real_ceiling=ceiling, accuracy_on_samples=on_samples,
+                  fid_protocol="clean-fid")
   line = evaluate.record(7, results)
+  assert line["fid_protocol"] == "clean-fid"
   assert line["step"] == 7 and line["mode"] == "eval" and line["seeds"] == [0, 1]
   assert (line["fid"], line["fid_std"]) == (2.0, 1.0)
   assert line["precision"] == pytest.approx(0.6) and line["precision_std"] == pytest.approx(0.1)
@@ -312,7 +314,7 @@ def test_eval_mode_end_to_end_with_the_real_inception(tmp_path):
   assert math.isfinite(line["fid"]) and line["fid"] > 0 and line["fid_std"] >= 0
   assert 0 <= line["precision"] <= 1 and 0 <= line["recall"] <= 1
   assert line["is"] is None  # The default weights have no logits layer.
-  assert "clean-fid" in line["preprocessing"]
+  assert "clean-fid" in line["preprocessing"] and line["fid_protocol"] == "clean-fid"
   with open(os.path.join(workdir, "eval", "step_2.json")) as f:
     details = json.load(f)
   assert [r["seed"] for r in details["results"]] == [0, 1]

@@ -609,7 +609,7 @@ def evaluate_branches(pipeline: ml_collections.ConfigDict, summary: dict[str, An
                                  summary["num_samples"], with_labels=True)
     scores = evaluate.score_images(config, images, labels, inception=inception,
                                    reference_stats=reference_stats, classifier=classifier)
-    results[branch] = {k: scores[k] for k in ("fid", "precision", "recall", "cas",
+    results[branch] = {k: scores[k] for k in ("fid", "fid_protocol", "precision", "recall", "cas",
                                               "num_samples", "num_reference", "reference")}
     logging.info("cascade eval %s/%s: %s", last["name"], branch, results[branch])
   if jax.process_index() == 0:

@@ -15,7 +15,9 @@ the small datasets it is allowed for: Fashion-MNIST, 1 KB an image).
 
 Metrics, all against the real reference (config.eval.reference, default '<dataset.name>:train',
 config.eval.num_reference images through the same Inception, cached in config.eval.cache_dir):
-* fid: Frechet distance between Gaussian fits of the pool3 features (all N samples).
+* fid: Frechet distance between Gaussian fits of the pool3 features (all N samples), with
+  fid_protocol (reference.fid_protocol): 'clean-fid', or 'mixed: ...' against the stored statistics
+  of an OpenAI reference batch.
 * inception_score (+ _std over 10 splits): the softmax of the logits without the fc bias
   ('logits_unbiased'), as the original TF code, tools.fid and every reference implementation take
   it; only when the Inception weights have the 1008-way logits layer (the default weights do not,
@@ -243,6 +245,7 @@ def make_evaluator(config: ml_collections.ConfigDict, model: nn.Module, mesh: ja
     return {
         **{k: v for k, v in scores.items() if k not in ("precision_recall_samples", "notes")},
         **described,
+        "fid_protocol": reference.fid_protocol(reference_stats),
         "seed": int(seed),
         "sampling_batch_size": int(batch),
         "precision_recall_samples": scores["precision_recall_samples"],
@@ -289,7 +292,7 @@ def _classifier_scores(classifier: classifier_lib.SampleScorer | None,
 def _scores(rows: dict[str, np.ndarray], reference_stats: dict[str, Any],
             inception: Any) -> dict[str, Any]:
   """FID, IS and precision/recall of gathered rows ('pool3', 'logits'?)."""
-  notes = []
+  notes = list(reference_stats.get("notes", []))  # E.g. why P/R are skipped.
   num_samples = rows["pool3"].shape[0]
   # For N <= 2048 samples one N x N eigendecomposition instead of two 2048 x 2048 ones.
   fid = metrics.frechet_distance_to_features(rows["pool3"], reference_stats["mu"],
@@ -305,7 +308,7 @@ def _scores(rows: dict[str, np.ndarray], reference_stats: dict[str, Any],
   real = np.asarray(reference_stats["features"], np.float32)
   precision_recall = metrics.precision_recall_equal_sizes(real, rows["pool3"], k=PR_NEIGHBOURS)
   precision, recall, pr_count = precision_recall or (None, None, 0)
-  if precision_recall is None:
+  if precision_recall is None and len(real):  # No reference features: the reference's notes say.
     notes.append(f"precision/recall: None: need more than k={PR_NEIGHBOURS} samples and "
                  "reference features.")
   return {"fid": float(fid), "inception_score": inception_score,
@@ -357,7 +360,8 @@ def score_batches(config: ml_collections.ConfigDict,
   scores.update(num_samples=int(num_samples), reference=reference_stats["description"],
                 num_reference=int(reference_stats["num_images"]),
                 preprocessing=getattr(inception, "preprocessing", inception_lib.PREPROCESSING),
-                inception=str(inception.source))
+                inception=str(inception.source),
+                fid_protocol=reference.fid_protocol(reference_stats))
   return scores
 
 
@@ -407,7 +411,8 @@ def record(step: int, results: list[dict[str, Any]]) -> dict[str, Any]:
   line.update({
       "num_samples": first["num_samples"], "seeds": [r["seed"] for r in results],
       "sampler": first["sampler"], "steps": first["steps"], "guidance": first["guidance"],
-      "preprocessing": first["preprocessing"], "labels": first.get("labels"),
+      "preprocessing": first["preprocessing"], "fid_protocol": first["fid_protocol"],
+      "labels": first.get("labels"),
       "inception": first.get("inception"), "reference": first.get("reference"),
       "num_reference": first.get("num_reference"),
       "sampling_s": float(np.sum([r["timings"]["sampling_s"] for r in results])),
@@ -441,7 +446,8 @@ def summary(line: dict[str, Any], config: ml_collections.ConfigDict) -> str:
                            if line.get(key) is not None)
   return (f"Evaluation at step {line['step']}: {line['num_samples']} samples ({line['sampler']}, "
           f"{line['steps']} steps, guidance {line['guidance']:g}) against "
-          f"{int(config.eval.num_reference)} {reference_source(config)} images: {metrics_text}")
+          f"{int(config.eval.num_reference)} {reference_source(config)} images: {metrics_text} "
+          f"(FID protocol: {line['fid_protocol']})")
 
 
 def append_jsonl(path: str, line: dict[str, Any]) -> None:

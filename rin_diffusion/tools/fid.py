@@ -7,11 +7,20 @@ SAMPLES is an .npz of uint8 images (key 'images', else its first array), a direc
 shards as `main --mode=sample` writes (read whole into memory; sample_shards.py), or a TFDS 'dataset:split' of real images (--num_samples of them, preprocessed at
 --image_size: the real-data floor of the scale). --lowpass=F low-passes samples and reference alike
 (F x F box average, bilinear back): FID of the content below 1/F of the resolution, a diagnostic
-of how much of a score is fine detail (cached separately). REFERENCE is an .npz of real uint8 images or a TFDS 'dataset:split' ('fashion_mnist:test',
+of how much of a score is fine detail (cached separately). REFERENCE is an .npz of real uint8
+images ('images' or 'arr_0'), an OpenAI reference batch (VIRTUAL_imagenet64_labeled.npz: 'arr_0'
+and the Inception statistics 'mu'/'sigma'), or a TFDS 'dataset:split' ('fashion_mnist:test',
 'imagenet2012:train'); real images get the training preprocessing at --image_size (default: the
 samples' size) and their statistics are cached in --cache_dir (default $RIN_DIFFUSION_CACHE or
 ~/.cache/rin_diffusion). --num_reference defaults to the number of samples (pass 50000 for the
 usual FID-50k reference set).
+
+A reference's stored 'mu'/'sigma' are the FID's reference statistics as they are: OpenAI made them
+with its TF graph (bilinear resize inside the graph), so the FID is a mixed protocol, and
+`fid_protocol` says so ('clean-fid' when both sides went through our preprocessing and network).
+--recompute_reference_stats ignores them and computes the statistics from the file's 'arr_0'
+(one protocol). Precision/recall always use features of the file's images through our network;
+a file of statistics only has none, and P/R are then null with a line in `notes`.
 
 Features: the TF-FID Inception-v3 (pool3) on clean-fid preprocessing (`inception.PREPROCESSING`).
 The Inception Score needs the 1008-way logits layer, which the default weights
@@ -58,7 +67,12 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
       description="FID / IS / precision-recall of samples against a reference; one JSON line.")
   parser.add_argument("samples", help=".npz of uint8 images (N, H, W, C), or a directory of "
                       "sample shards (main --mode=sample)")
-  parser.add_argument("reference", help=".npz of real uint8 images, or TFDS 'dataset:split'")
+  parser.add_argument("reference", help=".npz of real uint8 images ('images' or 'arr_0'; "
+                      "'mu'/'sigma' of an OpenAI reference batch are used as stored), or TFDS "
+                      "'dataset:split'")
+  parser.add_argument("--recompute_reference_stats", action="store_true",
+                      help="ignore a reference .npz's stored 'mu'/'sigma' and compute them from "
+                           "its images with our preprocessing and network (one FID protocol)")
   parser.add_argument("--num_reference", type=int, default=None,
                       help="reference images (default: as many as samples)")
   parser.add_argument("--image_size", type=int, default=None,
@@ -190,10 +204,12 @@ def evaluate(args: argparse.Namespace) -> dict:
   ref = reference.reference_statistics(
       args.reference, image_size=image_size, num_images=num_reference, inception=inception,
       cache_dir=args.cache_dir, data_dir=args.data_dir, manual_dir=args.manual_dir,
-      batch_size=args.batch_size, lowpass=args.lowpass)
+      batch_size=args.batch_size, lowpass=args.lowpass,
+      use_stored_statistics=not args.recompute_reference_stats)
   features = inception.compute(samples, batch_size=args.batch_size)
   result = {
       "fid": metrics.frechet_distance_to_features(features["pool3"], ref["mu"], ref["sigma"]),
+      "fid_protocol": reference.fid_protocol(ref),
       "inception_score": None, "inception_score_std": None,
   }
   if not inception.has_logits:
@@ -210,7 +226,7 @@ def evaluate(args: argparse.Namespace) -> dict:
       precision=precision, recall=recall, pr_num_features=num_pr, pr_k=PR_NEIGHBOURS,
       num_samples=len(samples), num_reference=ref["num_images"], reference=ref["description"],
       preprocessing=inception_lib.PREPROCESSING, inception=inception.source,
-      seconds=round(time.time() - start, 2))
+      notes=list(ref.get("notes", [])), seconds=round(time.time() - start, 2))
   if args.cas:
     result.update(classifier_scores(args, unfiltered))
     result["seconds"] = round(time.time() - start, 2)

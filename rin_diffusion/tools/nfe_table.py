@@ -67,7 +67,7 @@ def table(config: ml_collections.ConfigDict, model: nn.Module, params: Any,
           num_samples: int, seed: int = 0, inception: Any = None,
           reference_stats: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
   """Yields one record per cell: sampler, time_grid, guidance, calls (made), calls_budget, steps,
-  fid, precision, recall, num_samples, sampling_s."""
+  fid, fid_protocol, precision, recall, num_samples, sampling_s."""
   config = ml_collections.ConfigDict(config.to_dict())  # The cells set fields on a copy.
   config.eval.cas = False
   inception = inception or inception_lib.load_inception(
@@ -92,6 +92,7 @@ def table(config: ml_collections.ConfigDict, model: nn.Module, params: Any,
               "calls": samplers.calls_per_run(sampler, steps, gamma_fn=gamma_fn, time_grid=grid,
                                               input_scale=input_scale),
               "calls_budget": int(budget), "steps": int(steps), "fid": result["fid"],
+              "fid_protocol": result["fid_protocol"],
               "precision": result["precision"], "recall": result["recall"],
               "num_samples": int(num_samples), "seed": int(seed),
               "sampling_s": result["timings"]["sampling_s"],
