@@ -42,3 +42,25 @@ def test_table_cells_match_the_evaluator(tmp_path):
                                  reference_stats=reference_stats, sampler="heun", steps=3,
                                  guidance=0.0)(params, num_samples=8, seed=0)
   assert rows[-1]["fid"] == pytest.approx(want["fid"], rel=1e-6)
+
+
+def test_skipped_cells_network_evals_and_markdown(tmp_path):
+  """A cell `skip` names is not computed (how --output resumes); guidance doubles the network
+  evaluations per call; the Markdown table has one row per cell, fewest calls first."""
+  config = tu.tiny_config(str(tmp_path / "data"))
+  mesh = sharding.make_mesh(config.mesh)
+  model, _, init_fn, _, _ = train.build(config, mesh)
+  params = init_fn(0)["ema_params"]
+  inception = StandInInception()
+  real = inception.pool3(np.random.default_rng(0).integers(0, 256, (64, 32, 32, 1), np.uint8))
+  reference_stats = {"mu": real.mean(0), "sigma": np.cov(real, rowvar=False), "features": real,
+                     "num_images": 64, "description": "stand-in"}
+  done = nfe_table.cell_key("ddim", "uniform_t", 2.0, 3, 8, 0, False)
+  rows = list(nfe_table.table(
+      config, model, params, mesh, sampler_names=["ddim"], calls=[4, 3], guidances=[2.0],
+      num_samples=8, inception=inception, reference_stats=reference_stats,
+      skip=lambda key: key == done))
+  assert [r["calls_budget"] for r in rows] == [4]
+  assert rows[0]["network_evals"] == 2 * rows[0]["calls"] == 8
+  lines = nfe_table.markdown(rows + [{**rows[0], "calls": 2, "steps": 2, "fid": 1.0}])
+  assert len(lines) == 4 and lines[2].startswith("| ddim | uniform_t | 2 | 2 | 2 | 1.0 |")
