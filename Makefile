@@ -28,8 +28,9 @@ $(VENV)/.installed: setup.py Makefile launch/constraints.txt
 demo: setup
 	$(PY) -m rin_diffusion.main --config=configs/fashion_mnist.py --workdir=$(WORKDIR)
 
-# The offline demo cascade (configs/cdm/pipeline_fashion_mnist.py): trains a 16x16 base and a
-# 16 -> 32 stage, samples the cascade at every level s* and scores each (docs/cascade.md).
+# The offline demo cascade (configs/cdm/pipeline_fashion_mnist.py): a 16x16 base and a 16 -> 32
+# stage, each the demo's network and recipe for half its steps (together the demo's training
+# time), then 1,000 samples per level s*, scored as the demo is (docs/cascade.md); resumes if re-run.
 demo-cascade: setup
 	$(PY) -m rin_diffusion.cascade --mode=train --pipeline=configs/cdm/pipeline_fashion_mnist.py \
 	  --workdir=$(CASCADE_WORKDIR)

@@ -423,3 +423,99 @@ def test_other_settings_into_the_same_output_are_stored_apart(
   assert calls == {} and again["stages"][1]["directory"] == first_dir
   for branch in (f"s{level:g}" for level in STORED_LEVELS):
     np.testing.assert_array_equal(_images(out, again, branch), _images(first_out, first, branch))
+
+
+# ------------------------------------------------------------------------------------------------
+# Given first-stage images (real ones, or a shard directory), a chosen checkpoint, the upsampled
+# base.
+
+
+def test_real_images_stand_in_for_the_base(cascade_dir, tmp_path, monkeypatch):
+  """input_samples='real:test': the base is neither restored nor sampled; the SR stage sees the
+  real test images of class j mod 10 at its 16x16 input, and they are stored apart."""
+  from rin_diffusion.evaluation import classifier  # noqa: PLC0415
+
+  root, _ = cascade_dir
+  calls = _count_calls(monkeypatch)
+  pipeline = _pipeline(root, levels=(0.0,))
+  pipeline.input_samples = "real:test"
+  out = str(tmp_path / "out")
+  summary = pipeline_lib.run(pipeline, root, out)
+  assert calls == {"sr32": 1}
+  base = pipeline_lib.load_stages(pipeline)[0].config
+  test_images, test_labels = classifier.load_split(base.dataset, "test")
+  given = _images(out, summary, "all", stage=0)
+  for j, image in enumerate(given):
+    first_of_class = np.flatnonzero(test_labels == j % 10)[0]
+    np.testing.assert_array_equal(image, test_images[first_of_class])
+  assert summary["stages"][0]["input_samples"] == "real:test"
+  sampled = pipeline_lib.run(_pipeline(root, levels=(0.0,)), root, out)
+  assert sampled["stages"][0]["directory"] != summary["stages"][0]["directory"]
+  assert not np.array_equal(_images(out, sampled, "all", stage=0), given)
+  upsampled = os.path.join(out, summary["stages"][0]["directory"], "all", "grid_upsampled.png")
+  assert PIL.Image.open(upsampled).size == PIL.Image.open(
+      os.path.join(out, summary["stages"][1]["directory"], "s0", "grid.png")).size
+
+
+def test_a_shard_directory_stands_in_for_the_base(cascade_dir, tmp_path):
+  from rin_diffusion import sample_shards  # noqa: PLC0415
+
+  root, _ = cascade_dir
+  shards = tmp_path / "shards"
+  shards.mkdir()
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (8, 16, 16, 1), dtype=np.uint8)
+  labels = np.asarray([3, 1, 4, 1, 5, 9, 2, 6], np.int32)
+  (shards / sample_shards.MANIFEST).write_text(json.dumps({
+      "format": sample_shards.FORMAT, "num_samples": 8, "batch_size": 8, "num_processes": 1,
+      "image_shape": [16, 16, 1], "png": False}))
+  with open(sample_shards.shard_path(shards, 0, 0), "wb") as f:
+    np.savez(f, images=images, labels=labels, indices=np.arange(8))
+  pipeline = _pipeline(root, levels=(0.0,))
+  pipeline.input_samples = str(shards)
+  out = str(tmp_path / "out")
+  summary = pipeline_lib.run(pipeline, root, out)
+  np.testing.assert_array_equal(_images(out, summary, "all", stage=0), images)
+  _, sr_labels = pipeline_lib.load_images(out, summary["stages"][1]["directory"], "s0", 8,
+                                          with_labels=True)
+  np.testing.assert_array_equal(sr_labels, labels)  # The shards' labels condition the SR stage.
+  # Images of another size, or fewer than asked for: one error naming the field, nothing written.
+  pipeline.num_samples = 9
+  with pytest.raises(ValueError, match=r"pipeline.input_samples=.*holds 8 images"):
+    pipeline_lib.run(pipeline, root, str(tmp_path / "other"))
+  pipeline.input_samples = str(tmp_path / "nowhere")
+  with pytest.raises(ValueError, match=r"pipeline.input_samples=.*allowed: ''"):
+    pipeline_lib.run(pipeline, root, str(tmp_path / "other"))
+  pipeline.input_samples, pipeline.num_samples = str(shards), 8
+  pipeline.stages[1]["truncated"] = True
+  with pytest.raises(ValueError, match="non-truncated stage"):
+    pipeline_lib.run(pipeline, root, str(tmp_path / "other"))
+  assert not (tmp_path / "other").exists()
+
+
+def test_a_stage_samples_its_chosen_checkpoint(cascade_dir, tmp_path):
+  """checkpoint_step picks the SR stage's checkpoint (the ablations compare equal steps); a step
+  that is not there is refused, naming the steps that are."""
+  root, _ = cascade_dir
+  pipeline = _pipeline(root, levels=(0.0,))
+  out = str(tmp_path / "out")
+  latest = pipeline_lib.run(pipeline, root, out)
+  pipeline.stages[1]["checkpoint_step"] = 3
+  chosen = pipeline_lib.run(pipeline, root, out)
+  assert (latest["stages"][1]["checkpoint_step"], chosen["stages"][1]["checkpoint_step"]) == (6, 3)
+  assert latest["stages"][1]["directory"] != chosen["stages"][1]["directory"]
+  assert not np.array_equal(_images(out, latest, "s0"), _images(out, chosen, "s0"))
+  pipeline.stages[1]["checkpoint_step"] = 4
+  with pytest.raises(ValueError, match=r"checkpoint_step=4.*holds steps 3, 6"):
+    pipeline_lib.run(pipeline, root, out)
+
+
+def test_upsample_to_last_is_the_last_stages_upsampling(cascade_dir):
+  root, _ = cascade_dir
+  stages = pipeline_lib.load_stages(_pipeline(root))
+  images = np.random.default_rng(1).integers(0, 256, (2, 16, 16, 1), dtype=np.uint8)
+  up = pipeline_lib.upsample_to_last(stages, images)
+  assert up.shape == (2, 32, 32, 1) and up.dtype == np.uint8
+  expected = jax.image.resize(images.astype(np.float32) / 127.5 - 1, (2, 32, 32, 1), "bicubic")
+  np.testing.assert_allclose(up, np.clip(np.round((np.asarray(expected) + 1) * 127.5), 0, 255),
+                             atol=1)

@@ -34,7 +34,15 @@ _OUTPUT = flags.DEFINE_string("output", "", "Samples directory (default workdir/
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", None, "Overrides pipeline.num_samples.")
 _DISTRIBUTED_FLAGS = distributed.define_flags()
 _EVALUATE = flags.DEFINE_bool("evaluate", False, "Sample mode: also FID, precision/recall (and "
-                              "CAS) of every level s* of the last stage (eval.json).")
+                              "CAS) of every level s* of the last stage, and of the first stage "
+                              "upsampled (eval.json).")
+_LEVELS = flags.DEFINE_list("levels", None, "Overrides the last stage's levels s* (e.g. 0,0.1).")
+_UPSAMPLED = flags.DEFINE_bool("upsampled", True, "With --evaluate: also score the first stage's "
+                               "images upsampled to the last stage's size.")
+_INPUT_SAMPLES = flags.DEFINE_string(
+    "input_samples", None, "Overrides pipeline.input_samples: images that stand in for the first "
+    "stage's samples: 'real:SPLIT' (e.g. real:test, real low-resolution images) or a directory "
+    "of sample shards (main --mode=sample --samples=DIR writes one).")
 
 
 def main(argv) -> None:
@@ -53,6 +61,15 @@ def main(argv) -> None:
     raise ValueError(f"--pipeline={_PIPELINE.value}: {error}") from None
   if _NUM_SAMPLES.value is not None:
     pipeline.num_samples = _NUM_SAMPLES.value
+  if _INPUT_SAMPLES.value is not None:
+    pipeline.input_samples = _INPUT_SAMPLES.value
+  if _LEVELS.value is not None:
+    try:
+      levels = tuple(float(level) for level in _LEVELS.value)
+    except ValueError:
+      raise ValueError(f"--levels={','.join(_LEVELS.value)}: allowed: comma-separated numbers "
+                       "in [0, 1], e.g. --levels=0,0.1") from None
+    pipeline.stages[-1]["levels"] = levels
   distributed.initialize(_DISTRIBUTED_FLAGS)
   logging.getLogger().setLevel(logging.INFO)
   from rin_diffusion.cascade import pipeline as pipeline_lib  # noqa: PLC0415
@@ -64,18 +81,43 @@ def main(argv) -> None:
   print(json.dumps({"stages": [{k: stage[k] for k in ("name", "seconds", "directory", "branches")}
                                for stage in summary["stages"]], "output": summary["output"]}))
   if _EVALUATE.value:
-    results = pipeline_lib.evaluate_branches(pipeline, summary)
-    last = summary["stages"][-1]["name"]
-    for branch, scores in results.items():
-      extra = "".join(f", {name} {scores[key]:.3f}" for name, key in
-                      (("precision", "precision"), ("recall", "recall"))
-                      if scores[key] is not None)
-      if scores["cas"] is not None:
-        extra += f", CAS {100 * scores['cas']:.1f}%"
-      print(f"{last} {branch}: FID {scores['fid']:.1f}{extra} ({scores['num_samples']} samples "
-            f"against {scores['num_reference']} reference images)")
-    best = min(results, key=lambda branch: results[branch]["fid"])
-    print(f"Best level by FID: {last} {best} (FID {results[best]['fid']:.1f})")
+    results = pipeline_lib.evaluate_branches(pipeline, summary, upsampled_base=_UPSAMPLED.value)
+    for line in result_lines(summary, results):
+      print(line)
+
+
+def result_lines(summary: dict, results: dict) -> list[str]:
+  """The evaluation as a table (one row per level s* and the upsampled first stage), the best
+  level, and where the grids are."""
+  from rin_diffusion.cascade import pipeline as pipeline_lib  # noqa: PLC0415
+
+  stages = summary["stages"]
+  last, first = stages[-1], stages[0]
+  upsampled = pipeline_lib.upsampled_name(first["name"])
+  lines = ["| samples | FID | precision | recall | CAS | real-data CAS ceiling |",
+           "|---|---|---|---|---|---|"]
+
+  def cell(value, percent=False):
+    if value is None:
+      return "-"
+    return f"{100 * value:.1f} %" if percent else f"{value:.3f}"
+
+  for name, scores in results.items():
+    label = name if name == upsampled else f"{last['name']} {name}"
+    lines.append(f"| {label} | {scores['fid']:.1f} | {cell(scores['precision'])} | "
+                 f"{cell(scores['recall'])} | {cell(scores['cas'], True)} | "
+                 f"{cell(scores.get('cas_real_ceiling'), True)} |")
+  any_scores = next(iter(results.values()))
+  lines.append(f"({any_scores['num_samples']} samples against {any_scores['num_reference']} "
+               f"reference images; FID protocol: {any_scores.get('fid_protocol')})")
+  levels = {name: scores for name, scores in results.items() if name != upsampled}
+  best = min(levels, key=lambda name: levels[name]["fid"])
+  lines.append(f"Best level by FID: {last['name']} {best} (FID {levels[best]['fid']:.1f})")
+  output = summary["output"]
+  base_branch = f"{output}/{first['directory']}/{first['branches'][0]}"
+  lines.append(f"Grids: {base_branch}/grid.png (first stage), {base_branch}/grid_upsampled.png "
+               f"(upsampled), {output}/{last['directory']}/{best}/grid.png (last stage, {best})")
+  return lines
 
 
 def run() -> None:

@@ -70,6 +70,7 @@ from rin_diffusion import (
   generate,
   networks,
   paper_configs,
+  sample_shards,
   samplers,
   schedules,
   sharding,
@@ -79,7 +80,9 @@ from rin_diffusion.cascade import augment
 from rin_diffusion.cascade import stage as stage_lib
 
 STAGE_FIELDS = ("name", "config", "overrides", "sampler", "steps", "guidance", "levels",
-                "truncated")
+                "truncated", "checkpoint_step")
+# pipeline.input_samples: 'real:SPLIT' or a directory of sample shards (sample_shards).
+REAL_PREFIX = "real:"
 _AUG_KEY_OFFSET = 1_000_003  # Keys of the non-truncated re-noising, apart from the samplers'.
 _KEY_CHARS = 12  # Hex digits of a settings key: 48 bits, no collision among a directory's runs.
 
@@ -93,6 +96,7 @@ class Stage:
   guidance: float
   levels: tuple[float, ...]  # Levels s* this stage is conditioned at ((0.0,) for the base).
   truncated: bool
+  checkpoint_step: int | None = None  # The checkpoint to restore (None: the newest).
   model: Any = None
   params: Any = None
   mesh: Any = None
@@ -213,9 +217,14 @@ def load_stages(pipeline: ml_collections.ConfigDict) -> list[Stage]:
                      f"{len(levels)} levels of a truncated sweep need stage {stages[-1].name!r} to "
                      f"take at least {len(levels)} steps (one trajectory, stopped at every level); "
                      f"it takes steps={stages[-1].steps}")
+    checkpoint_step = entry.get("checkpoint_step")
+    if checkpoint_step is not None and (isinstance(checkpoint_step, bool) or not isinstance(
+        checkpoint_step, int) or checkpoint_step < 0):
+      raise _bad(f"{where}.checkpoint_step", f"{checkpoint_step!r}; allowed: a step the stage's "
+                 "checkpoints/ holds, or None for the newest")
     stages.append(Stage(name=name, config=config, sampler=sampler, steps=steps,
                         guidance=guidance, levels=tuple(float(v) for v in levels),
-                        truncated=truncated))
+                        truncated=truncated, checkpoint_step=checkpoint_step))
   return stages
 
 
@@ -241,11 +250,13 @@ def restore_stages(stages: Sequence[Stage], workdir: str) -> None:
                        f"python -m rin_diffusion.main --config=<its config> --workdir={stage_dir}")
     stage.model = model
     stage.workdir = stage_dir
-    stage.params = checkpointing.restore_params_from(
-        stage_dir, "ema", abstract_state["params"], stage.config,
-        source=f"stage {stage.name!r} workdir")
-    with checkpointing.open_reader(stage_dir) as reader:
-      stage.step = reader.latest_step()
+    try:
+      stage.params, stage.step = checkpointing.restore_chosen_params(
+          stage_dir, "ema", abstract_state["params"], stage.config,
+          source=f"stage {stage.name!r} workdir", step=stage.checkpoint_step)
+    except ValueError as error:
+      raise ValueError(f"stage {stage.name!r} (checkpoint_step={stage.checkpoint_step}): "
+                       f"{error}") from None
 
 
 def _stage_settings(stage: Stage) -> dict[str, Any]:
@@ -271,12 +282,17 @@ def _stage_settings(stage: Stage) -> dict[str, Any]:
   return settings
 
 
-def stored_settings(stages: Sequence[Stage], k: int, run: dict[str, Any]) -> dict[str, Any]:
+def stored_settings(stages: Sequence[Stage], k: int, run: dict[str, Any],
+                    input_identity: dict[str, Any] | None = None) -> dict[str, Any]:
   """Everything that determines stage k's stored batches: the run's settings (seed, batch size,
-  number of samples, classes), stage k's and every stage's below it, and the levels it stops at
-  when the stage above is truncated."""
+  number of samples, classes), stage k's and every stage's below it (the first one's replaced by
+  `input_identity` when its images are given), and the levels it stops at when the stage above
+  is truncated."""
   above = stages[k + 1] if k + 1 < len(stages) else None
-  return {"run": run, "stages": [_stage_settings(stage) for stage in stages[:k + 1]],
+  below = [_stage_settings(stage) for stage in stages[:k + 1]]
+  if input_identity is not None:
+    below[0] = input_identity
+  return {"run": run, "stages": below,
           "stops_at": (sorted(above.levels, reverse=True)
                        if above is not None and above.truncated else None)}
 
@@ -443,11 +459,64 @@ class _Store:
       fileio.write_bytes_atomically(path, json.dumps(settings, indent=1).encode())
 
 
+def input_samples(source: str, base: ml_collections.ConfigDict, num_samples: int
+                  ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+  """(uint8 images, labels, identity) that stand in for the first stage's samples.
+
+  source: 'real:SPLIT', real images of the first stage's data set preprocessed as in its training
+  (sample j of class j mod num_classes, the first unused image of that class), the bound a
+  super-resolution stage reaches on a perfect base; or a directory of sample shards (`main
+  --mode=sample` writes them), its first num_samples images with their labels.
+  """
+  size, channels = int(base.model.image_size), int(base.model.channels)
+  if source.startswith(REAL_PREFIX):
+    # noqa: PLC0415 below -- the classifier module imports TFDS; only this input needs it.
+    from rin_diffusion.evaluation import classifier  # noqa: PLC0415
+
+    split = source[len(REAL_PREFIX):]
+    images, labels = classifier.load_split(base.dataset, split)
+    num_classes = max(int(base.model.num_classes), 1)
+    wanted = generate.cycled_labels(num_classes, num_samples) if num_classes > 1 else np.zeros(
+        (num_samples,), np.int32)
+    by_class = {c: list(np.flatnonzero(labels == c)) for c in range(num_classes)}
+    if num_classes == 1:
+      by_class = {0: list(range(len(labels)))}
+    picked = []
+    for label in wanted:
+      if not by_class.get(int(label)):
+        raise ValueError(f"pipeline.input_samples={source!r}: the split has too few images of "
+                         f"class {int(label)} for num_samples={num_samples}")
+      picked.append(by_class[int(label)].pop(0))
+    identity = {"input_samples": source, "dataset": str(base.dataset.name),
+                "image_size": size, "pad_to": int(base.dataset.get("pad_to", 0))}
+    return images[picked], np.asarray(wanted, np.int32), identity
+  if not sample_shards.is_shard_dir(source):
+    raise ValueError(f"pipeline.input_samples={source!r}: allowed: '' (sample the first stage), "
+                     f"'{REAL_PREFIX}SPLIT' (real images) or a directory of sample shards (with "
+                     f"{sample_shards.MANIFEST}, as `main --mode=sample` writes)")
+  images, labels = sample_shards.load(source)
+  if images.shape[1:] != (size, size, channels) or len(images) < num_samples:
+    raise ValueError(f"pipeline.input_samples={source!r}: holds {len(images)} images of shape "
+                     f"{tuple(images.shape[1:])}; the first stage makes {(size, size, channels)} "
+                     f"and the run needs num_samples={num_samples}")
+  identity = {"input_samples": str(epath.Path(source).resolve()),
+              "manifest": sample_shards.manifest_of(source)}
+  return images[:num_samples], labels[:num_samples].astype(np.int32), identity
+
+
 def run(pipeline: ml_collections.ConfigDict, workdir: str, output: str = "") -> dict[str, Any]:
   """Samples the whole pipeline (and its sweep over levels); returns the summary it writes."""
   _check_pipeline_fields(pipeline)
   stages = load_stages(pipeline)
-  restore_stages(stages, workdir)  # Fails clearly, before anything is written.
+  source = str(pipeline.get("input_samples", "") or "")
+  given = None
+  if source:
+    if len(stages) < 2 or stages[1].truncated:
+      raise _bad("pipeline.input_samples", f"{source!r} needs a non-truncated stage above the "
+                 "first (given images carry no state z_s to hand over)")
+    given = input_samples(source, stages[0].config, int(pipeline.num_samples))
+    stages[0].mesh = sharding.make_mesh(stages[0].config.mesh)
+  restore_stages(stages[1:] if given else stages, workdir)  # Fails before anything is written.
   root = epath.Path(output or str(epath.Path(workdir) / "cascade_samples"))
   is_chief = jax.process_index() == 0
   store = _Store(root, write=is_chief)
@@ -457,15 +526,19 @@ def run(pipeline: ml_collections.ConfigDict, workdir: str, output: str = "") -> 
   # Sample j has class j mod num_classes (as in evaluation: every prefix balanced), or the ids given.
   labels = (generate.class_labels(base, num_samples, classes) if classes
             else generate.cycled_labels(int(base.model.num_classes), num_samples))
+  if given is not None:
+    labels = given[1]
   batch_size = generate.sampling_batch_size(int(pipeline.batch_size), num_samples, stages[0].mesh)
   num_batches = -(-num_samples // batch_size)
   run_settings = {"seed": int(pipeline.seed), "batch_size": batch_size,
                   "num_samples": num_samples, "classes": classes}
-  settings = [stored_settings(stages, k, run_settings) for k in range(len(stages))]
+  settings = [stored_settings(stages, k, run_settings, given[2] if given else None)
+              for k in range(len(stages))]
   directories = [f"{stage.name}/{settings_key(settings[k])}" for k, stage in enumerate(stages)]
   for directory, stage_settings in zip(directories, settings):
     store.claim(directory, stage_settings)
-  samplers_ = [_make_stage_sampler(stage) for stage in stages]
+  samplers_ = [None if k == 0 and given else _make_stage_sampler(stage)
+               for k, stage in enumerate(stages)]
   # The stages below a truncated one: one trajectory per batch and branch, stopped at every level.
   chains = [_make_chain_sampler(stage, stages[k + 1].levels)
             if k + 1 < len(stages) and stages[k + 1].truncated else None
@@ -511,7 +584,13 @@ def run(pipeline: ml_collections.ConfigDict, workdir: str, output: str = "") -> 
     else:
       branch = _branch_name(path)
       stored = store.load(directory, branch, batch_index)
-      if stored is None:
+      if stored is None and k == 0 and given is not None:
+        images = np.zeros((len(batch_labels), *given[0].shape[1:]), np.uint8)
+        chunk = given[0][batch_index * batch_size:(batch_index + 1) * batch_size]
+        images[:len(chunk)] = chunk
+        stored = {"images": images, "labels": batch_labels}
+        store.save(directory, branch, batch_index, stored)
+      elif stored is None:
         x0 = sample(k, samplers_[k], batch_index, batch_labels, z_s, level)
         stored = {"images": _to_uint8(x0), "labels": batch_labels}
         store.save(directory, branch, batch_index, stored)
@@ -549,6 +628,7 @@ def run(pipeline: ml_collections.ConfigDict, workdir: str, output: str = "") -> 
              "stages": [{"name": stage.name, "image_size": int(stage.config.model.image_size),
                          "levels": list(stage.levels), "truncated": stage.truncated,
                          "checkpoint_step": stage.step,
+                         "input_samples": source if k == 0 and given else None,
                          "sampler": stage.sampler, "steps": stage.steps,
                          "guidance": stage.guidance, "seconds": round(seconds[k], 2),
                          "directory": directories[k], "branches": branches[stage.name]}
@@ -564,8 +644,21 @@ def run(pipeline: ml_collections.ConfigDict, workdir: str, output: str = "") -> 
         columns = int(np.sum(shown == shown[0]))
         generate.save_grid(images, str(root / directories[k] / branch / "grid.png"),
                            columns=columns if 1 < columns < len(shown) else None)
+        if k == 0 and len(stages) > 1:  # What the cascade adds: the base upsampled to the end.
+          generate.save_grid(upsample_to_last(stages, images),
+                             str(root / directories[k] / branch / "grid_upsampled.png"),
+                             columns=columns if 1 < columns < len(shown) else None)
     (root / "summary.json").write_text(json.dumps(summary, indent=1))
   return summary
+
+
+def upsample_to_last(stages: Sequence[Stage], images: np.ndarray) -> np.ndarray:
+  """uint8 images of the first stage upsampled to the last stage's resolution, with the last
+  stage's upsampling method: the cascade's output without its super-resolution stages."""
+  last = stages[-1].config
+  size = int(last.model.image_size)
+  z = jnp.asarray(_from_uint8(images))
+  return _to_uint8(np.asarray(augment.upsample(z, size, str(last.cascade.upsample))))
 
 
 def load_images(root: epath.Path | str, stage_directory: str, branch: str, num_samples: int,
@@ -586,32 +679,50 @@ def load_images(root: epath.Path | str, stage_directory: str, branch: str, num_s
   return (images, np.concatenate(labels)[:num_samples]) if with_labels else images
 
 
-def evaluate_branches(pipeline: ml_collections.ConfigDict, summary: dict[str, Any]
-                      ) -> dict[str, dict[str, Any]]:
-  """FID, precision/recall (and CAS) of every branch of the last stage; writes eval.json.
+def upsampled_name(base_name: str) -> str:
+  """evaluate_branches' key for the first stage's images upsampled to the last stage's size."""
+  return f"{base_name} upsampled"
+
+
+def evaluate_branches(pipeline: ml_collections.ConfigDict, summary: dict[str, Any], *,
+                      upsampled_base: bool = True) -> dict[str, dict[str, Any]]:
+  """FID, precision/recall and CAS of every branch of the last stage; writes eval.json.
 
   Scored with the last stage's config.eval (reference images, Inception, CAS classifier), so the
-  sweep over s* can be read off as one number per level.
+  sweep over s* can be read off as one number per level. With upsampled_base, also the first
+  stage's images upsampled to the last stage's size (upsample_to_last), under
+  upsampled_name(first stage): what the super-resolution stages add is the difference.
   """
   # noqa: PLC0415 below -- evaluation modules load Inception and TFDS; only sampling needs none.
   from rin_diffusion.evaluation import evaluate  # noqa: PLC0415
   from rin_diffusion.evaluation import inception as inception_lib  # noqa: PLC0415
 
   last = summary["stages"][-1]
-  config = load_stages(pipeline)[-1].config
+  stages = load_stages(pipeline)
+  config = stages[-1].config
   inception = inception_lib.load_inception(
       config.eval.inception_weights or None, cache_dir=config.eval.cache_dir or None)
   reference_stats = evaluate.load_reference(config, inception)
   classifier = evaluate.load_classifier(config) if config.eval.cas else None
   results = {}
+
+  def score(name: str, images: np.ndarray, labels: np.ndarray) -> None:
+    scores = evaluate.score_images(config, images, labels, inception=inception,
+                                   reference_stats=reference_stats, classifier=classifier)
+    results[name] = {k: scores.get(k) for k in (
+        "fid", "fid_protocol", "precision", "recall", "cas", "cas_real_ceiling",
+        "accuracy_on_samples", "num_samples", "num_reference", "reference")}
+    logging.info("cascade eval %s: %s", name, results[name])
+
   for branch in last["branches"]:
     images, labels = load_images(summary["output"], last["directory"], branch,
                                  summary["num_samples"], with_labels=True)
-    scores = evaluate.score_images(config, images, labels, inception=inception,
-                                   reference_stats=reference_stats, classifier=classifier)
-    results[branch] = {k: scores[k] for k in ("fid", "fid_protocol", "precision", "recall", "cas",
-                                              "num_samples", "num_reference", "reference")}
-    logging.info("cascade eval %s/%s: %s", last["name"], branch, results[branch])
+    score(branch, images, labels)
+  first = summary["stages"][0]
+  if upsampled_base and len(summary["stages"]) > 1:
+    images, labels = load_images(summary["output"], first["directory"], first["branches"][0],
+                                 summary["num_samples"], with_labels=True)
+    score(upsampled_name(first["name"]), upsample_to_last(stages, images), labels)
   if jax.process_index() == 0:
     text = json.dumps(results, indent=1)
     output = epath.Path(summary["output"])
