@@ -27,8 +27,8 @@ Arguments (`table4_fashion_mnist.py:ARG`, comma-separated tokens):
   (none)   the 12 cells: R in 32/64/128 x b in 1.0/0.7/0.5/0.3, gamma = 1-t ('linear').
   cosine   12 more: the same cells with gamma = cosine@0.2,1,1.
   seeds    a second seed (seed=1) of the cells that decide the trend (DECIDING_CELLS).
-  tiny     the same members with configs/fashion_mnist.py:tiny's model, 2 steps, no grid and a
-           16-sample evaluation without the CAS classifier: for tests
+  tiny     the same members with configs/fashion_mnist.py:tiny's model, 2 steps at batch 8, no
+           grid and a 16-sample evaluation without the CAS classifier: for tests
            (tests/test_table4_offline.py).
 
 Budget: TOTAL_STEPS = 8,000 steps at batch 4 per member, so that the 12 members fit in about two
@@ -116,7 +116,7 @@ def member(resolution: int, schedule: str, input_scale: float, seed: int = 0,
       "diffusion.train_schedule": schedule,
       "diffusion.input_scale": input_scale,
       "total_steps": total_steps,
-      "batch_size": BATCH_SIZE,
+      "batch_size": 8 if tiny else BATCH_SIZE,  # Tests split a batch over 8 host devices.
       "optimizer.warmup_steps": 1 if tiny else 200,
       # Checkpoints at each quarter, so a stopped sweep loses at most a quarter of one run
       # (SIGTERM saves one at once: rin_diffusion/exit_status.py).
