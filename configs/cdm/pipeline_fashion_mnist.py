@@ -54,7 +54,8 @@ def get_config(arg: str = ""):
   ]
   sr = p.stages[1]
   if "noaug" in tokens:
-    sr.update(name="sr32_noaug", overrides={"cascade.aug_level_max": 0.0}, levels=(0.0,))
+    sr.update(name="sr32_noaug", levels=(0.0,),
+              overrides={"cascade.aug_level_max": 0.0, "model.num_extra_tokens": 0})
   if "blur" in tokens:
     sr.update(name="sr32_blur", overrides={"cascade.blur_prob": 0.5})
   if at:
