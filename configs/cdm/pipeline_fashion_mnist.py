@@ -11,7 +11,8 @@ stages with learned variances (stage_configs.FASHION_MNIST_UNET). The ablations 
 swap the 16 -> 32 stage for one trained otherwise, in its own workdir: 'noaug' without Gaussian
 conditioning augmentation (sr32_noaug, sampled at s* = 0 only: it never saw a noised input),
 'blur' with CDM's blur augmentation added (sr32_blur: half of the examples, sigma ~ U(0.4, 0.6)).
-'at=N' samples the 16 -> 32 stage's checkpoint of step N (the ablations compare equal steps).
+'at=N' samples the 16 -> 32 stage's checkpoint of step N (the ablations compare equal steps);
+'srw=W' samples it with guidance W instead of the base's.
 """
 
 import ml_collections
@@ -20,12 +21,14 @@ import ml_collections
 def get_config(arg: str = ""):
   tokens = set(filter(None, arg.split(",")))
   at = [t for t in tokens if t.startswith("at=")]
-  tokens -= set(at)
+  srw = [t for t in tokens if t.startswith("srw=")]
+  tokens -= set(at) | set(srw)
   unknown = tokens - {"truncated", "tiny", "unet", "noaug", "blur"}
-  if unknown or len(at) > 1 or {"noaug", "blur"} <= tokens or any(
-      not t[3:].isdigit() for t in at):
+  if unknown or len(at) > 1 or len(srw) > 1 or {"noaug", "blur"} <= tokens or any(
+      not t[3:].isdigit() for t in at) or any(
+      not t[4:].replace(".", "", 1).isdigit() for t in srw):
     raise ValueError(f"pipeline_fashion_mnist.py: args {arg!r}; allowed: 'truncated', 'tiny', "
-                     "'unet', one of 'noaug' and 'blur', and 'at=STEP'")
+                     "'unet', one of 'noaug' and 'blur', 'at=STEP' and 'srw=GUIDANCE'")
   stage_arg = ",".join(t for t in ("tiny", "unet") if t in tokens)
   suffix = f":{stage_arg}" if stage_arg else ""
   p = ml_collections.ConfigDict()
@@ -60,5 +63,7 @@ def get_config(arg: str = ""):
     sr.update(name="sr32_blur", overrides={"cascade.blur_prob": 0.5})
   if at:
     sr["checkpoint_step"] = int(at[0][3:])
+  if srw:
+    sr["guidance"] = float(srw[0][4:])
   p.input_samples = ""  # Or 'real:test' / a shard directory (--input_samples): stand-in base.
   return p
