@@ -465,7 +465,9 @@ def input_samples(source: str, base: ml_collections.ConfigDict, num_samples: int
 
   source: 'real:SPLIT', real images of the first stage's data set preprocessed as in its training
   (sample j of class j mod num_classes, the first unused image of that class), the bound a
-  super-resolution stage reaches on a perfect base; or a directory of sample shards (`main
+  super-resolution stage reaches on a perfect base (take 'real:train' when scoring CAS, which
+  tests on the test split: 'real:test' would test the classifier on its own inputs); or a
+  directory of sample shards (`main
   --mode=sample` writes them), its first num_samples images with their labels.
   """
   size, channels = int(base.model.image_size), int(base.model.channels)
