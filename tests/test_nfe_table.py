@@ -11,15 +11,21 @@ from rin_diffusion.evaluation import evaluate
 from rin_diffusion.tools import nfe_table
 
 
-def test_table_cells_match_the_evaluator(tmp_path):
+def _toy(tmp_path):
+  """The tiny config, its untrained EMA parameters, the stand-in Inception and 64 random images'
+  statistics as the reference."""
   config = tu.tiny_config(str(tmp_path / "data"))
   mesh = sharding.make_mesh(config.mesh)
   model, _, init_fn, _, _ = train.build(config, mesh)
-  params = init_fn(0)["ema_params"]
   inception = StandInInception()
   real = inception.pool3(np.random.default_rng(0).integers(0, 256, (64, 32, 32, 1), np.uint8))
   reference_stats = {"mu": real.mean(0), "sigma": np.cov(real, rowvar=False), "features": real,
                      "num_images": 64, "description": "stand-in"}
+  return config, model, init_fn(0)["ema_params"], mesh, inception, reference_stats
+
+
+def test_table_cells_match_the_evaluator(tmp_path):
+  config, model, params, mesh, inception, reference_stats = _toy(tmp_path)
   rows = list(nfe_table.table(
       config, model, params, mesh, sampler_names=["dpmpp_2m", "heun"], calls=[3, 4],
       time_grids=["", "edm"], guidances=[0.0], num_samples=8, inception=inception,
@@ -47,14 +53,7 @@ def test_table_cells_match_the_evaluator(tmp_path):
 def test_skipped_cells_network_evals_and_markdown(tmp_path):
   """A cell `skip` names is not computed (how --output resumes); guidance doubles the network
   evaluations per call; the Markdown table has one row per cell, fewest calls first."""
-  config = tu.tiny_config(str(tmp_path / "data"))
-  mesh = sharding.make_mesh(config.mesh)
-  model, _, init_fn, _, _ = train.build(config, mesh)
-  params = init_fn(0)["ema_params"]
-  inception = StandInInception()
-  real = inception.pool3(np.random.default_rng(0).integers(0, 256, (64, 32, 32, 1), np.uint8))
-  reference_stats = {"mu": real.mean(0), "sigma": np.cov(real, rowvar=False), "features": real,
-                     "num_images": 64, "description": "stand-in"}
+  config, model, params, mesh, inception, reference_stats = _toy(tmp_path)
   done = nfe_table.cell_key("ddim", "uniform_t", 2.0, 3, 8, 0, False)
   rows = list(nfe_table.table(
       config, model, params, mesh, sampler_names=["ddim"], calls=[4, 3], guidances=[2.0],
