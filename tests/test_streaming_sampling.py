@@ -32,7 +32,9 @@ def _sample_flags(output, num_samples, *extra):
 
 
 def _shards(directory):
-  return sorted(name for name in os.listdir(directory) if name.startswith("shard_"))
+  """The complete shards: a run killed mid-write leaves a temporary `shard_*.npz.tmp-*` too."""
+  return sorted(name for name in os.listdir(directory)
+                if name.startswith("shard_") and name.endswith(".npz"))
 
 
 def test_sample_writes_shards_manifest_pngs_and_a_grid_of_every_class(trained, tmp_path):
