@@ -467,8 +467,8 @@ def input_samples(source: str, base: ml_collections.ConfigDict, num_samples: int
   (sample j of class j mod num_classes, the first unused image of that class), the bound a
   super-resolution stage reaches on a perfect base (take 'real:train' when scoring CAS, which
   tests on the test split: 'real:test' would test the classifier on its own inputs); or a
-  directory of sample shards (`main
-  --mode=sample` writes them), its first num_samples images with their labels.
+  directory of sample shards (`main --mode=sample` writes them), its first num_samples images
+  with their labels.
   """
   size, channels = int(base.model.image_size), int(base.model.channels)
   if source.startswith(REAL_PREFIX):
@@ -477,15 +477,13 @@ def input_samples(source: str, base: ml_collections.ConfigDict, num_samples: int
 
     split = source[len(REAL_PREFIX):]
     images, labels = classifier.load_split(base.dataset, split)
-    num_classes = max(int(base.model.num_classes), 1)
-    wanted = generate.cycled_labels(num_classes, num_samples) if num_classes > 1 else np.zeros(
-        (num_samples,), np.int32)
-    by_class = {c: list(np.flatnonzero(labels == c)) for c in range(num_classes)}
-    if num_classes == 1:
-      by_class = {0: list(range(len(labels)))}
+    num_classes = int(base.model.num_classes)
+    wanted = generate.cycled_labels(num_classes, num_samples)
+    pool = labels if num_classes > 1 else np.zeros_like(labels)  # Unconditional: any image.
+    by_class = {int(c): list(np.flatnonzero(pool == c)) for c in np.unique(wanted)}
     picked = []
     for label in wanted:
-      if not by_class.get(int(label)):
+      if not by_class[int(label)]:
         raise ValueError(f"pipeline.input_samples={source!r}: the split has too few images of "
                          f"class {int(label)} for num_samples={num_samples}")
       picked.append(by_class[int(label)].pop(0))
