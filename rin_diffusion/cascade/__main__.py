@@ -41,7 +41,7 @@ _UPSAMPLED = flags.DEFINE_bool("upsampled", True, "With --evaluate: also score t
                                "images upsampled to the last stage's size.")
 _INPUT_SAMPLES = flags.DEFINE_string(
     "input_samples", None, "Overrides pipeline.input_samples: images that stand in for the first "
-    "stage's samples: 'real:SPLIT' (e.g. real:test, real low-resolution images) or a directory "
+    "stage's samples: 'real:SPLIT' (e.g. real:train, real low-resolution images) or a directory "
     "of sample shards (main --mode=sample --samples=DIR writes one).")
 
 

@@ -155,7 +155,8 @@ def main(argv: Sequence[str]) -> None:
     with open(output) as f:
       done = [json.loads(line) for line in f if line.strip()]
     done = [row for row in done if row.get("checkpoint_step") == step]
-  keys = [{k: row[k] for k in cell_key("", "", 0, 0, 0, 0, False)} for row in done]
+  keys = [cell_key(row["sampler"], row["time_grid"], row["guidance"], row["calls_budget"],
+                   row["num_samples"], row["seed"], row["cas"]) for row in done]
   rows = list(done)
   for line in table(config, model, params, mesh, sampler_names=given["samplers"],
                     calls=[int(c) for c in given["calls"]],
