@@ -1,7 +1,9 @@
-"""Writing a file so that readers and concurrent writers never see half of it."""
+"""Writing a file so that readers and concurrent writers never see half of it, and reading the
+records of a run's metrics.jsonl that a kill may have cut short."""
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 
@@ -25,3 +27,21 @@ def write_bytes_atomically(path: epath.PathLike, data: bytes) -> None:
   finally:
     if temporary.exists():
       temporary.unlink()
+
+
+def has_eval_record(metrics_path: epath.PathLike, step: int) -> bool:
+  """Whether the metrics.jsonl at `metrics_path` holds an evaluation record of `step` (a missing
+  file holds none; a line cut short by a kill is not a record)."""
+  path = epath.Path(metrics_path)
+  try:
+    lines = path.read_text().splitlines()
+  except (FileNotFoundError, OSError):
+    return False
+  for line in lines:
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError:
+      continue
+    if record.get("mode") == "eval" and record.get("step") == step:
+      return True
+  return False

@@ -7,7 +7,6 @@ step, never on how many times the run was restarted or how it is sharded.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -29,6 +28,7 @@ from rin_diffusion import (
     config_lib,
     diffusion,
     exit_status,
+    fileio,
     generate,
     learned_variance,
     networks,
@@ -592,16 +592,7 @@ def _write_sample_grid(sample_fn, state, config, workdir: str, step: int,
 def _evaluated_at(metrics_path: str, step: int) -> bool:
   """Whether metrics.jsonl holds an evaluation record of `step` (the same answer on every process,
   which the collective evaluation needs)."""
-  found = False
-  if jax.process_index() == 0:
-    path = epath.Path(metrics_path)
-    lines = path.read_text().splitlines() if path.exists() else []
-    for line in lines:
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError:  # A line cut short by a kill: not a record.
-        continue
-      found = found or (record.get("mode") == "eval" and record.get("step") == step)
+  found = jax.process_index() == 0 and fileio.has_eval_record(metrics_path, step)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # noqa: PLC0415
 

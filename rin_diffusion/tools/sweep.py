@@ -39,7 +39,6 @@ import argparse
 import concurrent.futures
 import importlib.util
 import inspect
-import json
 import os
 import re
 import shlex
@@ -49,7 +48,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from rin_diffusion import exit_status, paper_configs
+from rin_diffusion import exit_status, fileio, paper_configs
 
 LAUNCHERS = ("python", "local", "tpu_vm", "queued_resources", "slurm")
 # Launchers that run the member here, in order: a finished member is skipped (run_in_order).
@@ -202,23 +201,8 @@ def finished_step(member: dict[str, Any]) -> int | None:
 
 def is_finished(workdir: str, step: int | None) -> bool:
   """Whether WORKDIR/metrics.jsonl holds the evaluation record of `step` (the trainer's own test
-  for a complete run: train._evaluated_at)."""
-  if step is None:
-    return False
-  from etils import epath  # Reads local paths and gs:// alike.
-
-  try:
-    lines = (epath.Path(workdir) / "metrics.jsonl").read_text().splitlines()
-  except (FileNotFoundError, OSError):
-    return False
-  for line in lines:
-    try:
-      record = json.loads(line)
-    except json.JSONDecodeError:  # A line cut short by a kill: not a record.
-      continue
-    if record.get("mode") == "eval" and record.get("step") == step:
-      return True
-  return False
+  for a complete run, fileio.has_eval_record; local paths and gs:// alike)."""
+  return step is not None and fileio.has_eval_record(os.path.join(workdir, "metrics.jsonl"), step)
 
 
 class _ForwardSigterm:
