@@ -519,3 +519,18 @@ def test_upsample_to_last_is_the_last_stages_upsampling(cascade_dir):
   expected = jax.image.resize(images.astype(np.float32) / 127.5 - 1, (2, 32, 32, 1), "bicubic")
   np.testing.assert_allclose(up, np.clip(np.round((np.asarray(expected) + 1) * 127.5), 0, 255),
                              atol=1)
+
+
+def test_train_stages_trains_only_the_named_stages(tmp_path):
+  """--stages: one process per stage (an SR stage does not read the base), and a wrong name is
+  refused before anything trains."""
+  pipeline = _pipeline(str(tmp_path / "data"))
+  for entry in pipeline.stages:
+    entry["overrides"]["total_steps"] = 2
+  work = tmp_path / "work"
+  with pytest.raises(ValueError, match=r"unknown stage\(s\) \['sr64'\]; allowed: .*base16, sr32"):
+    pipeline_lib.train_stages(pipeline, str(work), only=["sr32", "sr64"])
+  assert not work.exists()
+  pipeline_lib.train_stages(pipeline, str(work), only=["sr32"])
+  assert sorted(p.name for p in (work / "sr32" / "checkpoints").iterdir() if p.name.isdigit()) == ["2"]
+  assert not (work / "base16").exists()

@@ -12,23 +12,40 @@ swap the 16 -> 32 stage for one trained otherwise, in its own workdir: 'noaug' w
 conditioning augmentation (sr32_noaug, sampled at s* = 0 only: it never saw a noised input),
 'blur' with CDM's blur augmentation added (sr32_blur: half of the examples, sigma ~ U(0.4, 0.6)).
 'at=N' samples the 16 -> 32 stage's checkpoint of step N (the ablations compare equal steps);
-'srw=W' samples it with guidance W instead of the base's.
+'srw=W' samples it with guidance W instead of the base's; 'basew=W' samples the base with guidance W
+(the single-stage demo's 3 costs the 16x16 base its diversity: docs/cascade.md); 'basegi=LO:HI'
+guides the base only at LO < t <= HI (Kynkaanniemi et al. 2024's limited interval);
+'basesteps=N' trains (and samples) a base of N steps in its own workdir base16_N.
 """
 
 import ml_collections
+
+
+def _interval(text: str) -> tuple[float, float] | None:
+  """'LO:HI' -> (LO, HI) with 0 <= LO < HI <= 1, else None."""
+  try:
+    lo, hi = (float(v) for v in text.split(":"))
+  except ValueError:
+    return None
+  return (lo, hi) if 0.0 <= lo < hi <= 1.0 else None
 
 
 def get_config(arg: str = ""):
   tokens = set(filter(None, arg.split(",")))
   at = [t for t in tokens if t.startswith("at=")]
   srw = [t for t in tokens if t.startswith("srw=")]
-  tokens -= set(at) | set(srw)
+  basew = [t for t in tokens if t.startswith("basew=")]
+  basegi = [t for t in tokens if t.startswith("basegi=")]
+  basesteps = [t for t in tokens if t.startswith("basesteps=")]
+  tokens -= set(at) | set(srw) | set(basew) | set(basegi) | set(basesteps)
   unknown = tokens - {"truncated", "tiny", "unet", "noaug", "blur"}
-  if unknown or len(at) > 1 or len(srw) > 1 or {"noaug", "blur"} <= tokens or any(
-      not t[3:].isdigit() for t in at) or any(
-      not t[4:].replace(".", "", 1).isdigit() for t in srw):
+  if unknown or len(at) > 1 or len(srw) > 1 or len(basew) > 1 or {"noaug", "blur"} <= tokens or any(
+      not t.split("=")[1].isdigit() for t in at + basesteps) or len(basesteps) > 1 or any(
+      not t.split("=")[1].replace(".", "", 1).isdigit() for t in srw + basew) or any(
+      not _interval(t[7:]) for t in basegi):
     raise ValueError(f"pipeline_fashion_mnist.py: args {arg!r}; allowed: 'truncated', 'tiny', "
-                     "'unet', one of 'noaug' and 'blur', 'at=STEP' and 'srw=GUIDANCE'")
+                     "'unet', one of 'noaug' and 'blur', 'at=STEP', 'srw=GUIDANCE', "
+                     "'basew=GUIDANCE', 'basegi=LO:HI' (0 <= LO < HI <= 1) and 'basesteps=N'")
   stage_arg = ",".join(t for t in ("tiny", "unet") if t in tokens)
   suffix = f":{stage_arg}" if stage_arg else ""
   p = ml_collections.ConfigDict()
@@ -65,5 +82,16 @@ def get_config(arg: str = ""):
     sr["checkpoint_step"] = int(at[0][3:])
   if srw:
     sr["guidance"] = float(srw[0][4:])
+  if basew:
+    p.stages[0]["guidance"] = float(basew[0][6:])
+  base = p.stages[0]
+  base["overrides"] = {}
+  if basegi:
+    base["overrides"]["sampling.guidance_interval"] = _interval(basegi[0][7:])
+  if basesteps:
+    steps = int(basesteps[0][10:])
+    base["name"] = f"base16_{steps}"
+    base["overrides"].update({"total_steps": steps, "checkpoint_every_steps": max(steps // 4, 1),
+                              "sample_every_steps": steps})
   p.input_samples = ""  # Or 'real:test' / a shard directory (--input_samples): stand-in base.
   return p

@@ -30,6 +30,9 @@ _PIPELINE = flags.DEFINE_string("pipeline", None, "Pipeline config file (path[:a
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the stage workdirs <name>/.")
 _MODE = flags.DEFINE_enum("mode", "sample", ["sample", "train"],
                           "sample: the whole cascade; train: every stage in order.")
+_STAGES = flags.DEFINE_list(
+    "stages", None, "With --mode=train: only these stages (names), e.g. one per process: an SR "
+    "stage trains on real downsampled images, so it need not wait for the stage below.")
 _OUTPUT = flags.DEFINE_string("output", "", "Samples directory (default workdir/cascade_samples).")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", None, "Overrides pipeline.num_samples.")
 _DISTRIBUTED_FLAGS = distributed.define_flags()
@@ -63,6 +66,9 @@ def main(argv) -> None:
     pipeline.num_samples = _NUM_SAMPLES.value
   if _INPUT_SAMPLES.value is not None:
     pipeline.input_samples = _INPUT_SAMPLES.value
+  if _STAGES.value is not None and _MODE.value != "train":
+    raise ValueError(f"--stages={','.join(_STAGES.value)}: allowed only with --mode=train (the "
+                     "sample mode runs the whole cascade)")
   if _LEVELS.value is not None:
     try:
       levels = tuple(float(level) for level in _LEVELS.value)
@@ -75,7 +81,7 @@ def main(argv) -> None:
   from rin_diffusion.cascade import pipeline as pipeline_lib  # noqa: PLC0415
 
   if _MODE.value == "train":
-    pipeline_lib.train_stages(pipeline, _WORKDIR.value)
+    pipeline_lib.train_stages(pipeline, _WORKDIR.value, only=_STAGES.value)
     return
   summary = pipeline_lib.run(pipeline, _WORKDIR.value, _OUTPUT.value)
   print(json.dumps({"stages": [{k: stage[k] for k in ("name", "seconds", "directory", "branches")}

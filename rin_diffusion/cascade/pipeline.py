@@ -228,10 +228,20 @@ def load_stages(pipeline: ml_collections.ConfigDict) -> list[Stage]:
   return stages
 
 
-def train_stages(pipeline: ml_collections.ConfigDict, workdir: str) -> None:
-  """Trains every stage in order, each an ordinary resumable run in <workdir>/<stage name>
-  (`python -m rin_diffusion.cascade --mode=train`). Every stage is checked before the first trains."""
+def train_stages(pipeline: ml_collections.ConfigDict, workdir: str,
+                 only: Sequence[str] | None = None) -> None:
+  """Trains every stage in order (or the stages named in `only`), each an ordinary resumable run
+  in <workdir>/<stage name> (`python -m rin_diffusion.cascade --mode=train`). Every stage is
+  checked before the first trains. No stage reads another's parameters in training (an SR stage
+  learns from real downsampled images), so separate processes may train them at once."""
   stages = load_stages(pipeline)
+  if only is not None:
+    names = [stage.name for stage in stages]
+    unknown = [name for name in only if name not in names]
+    if unknown or not only:
+      raise ValueError(f"--stages={','.join(only)}: unknown stage(s) {unknown}; allowed: "
+                       f"names of the pipeline's stages: {', '.join(names)}")
+    stages = [stage for stage in stages if stage.name in only]
   for stage in stages:
     conditioning = stage_lib.conditioning_or_none(stage.config)
     logging.info("cascade: training stage %r", stage.name)
