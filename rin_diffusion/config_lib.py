@@ -191,7 +191,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.sampling.fid_guidance = 0.0  # Guidance weight for FID.
   c.sampling.td = 0.0
   # Time grid of every sampler here ('uniform_t', 'logsnr' or 'edm'; docs/samplers.md); '' gives
-  # each sampler its default (samplers.DEFAULT_TIME_GRID: 'logsnr' for 'dpmpp_2m', else 'uniform_t').
+  # each sampler its default (samplers.DEFAULT_TIME_GRID: 'logsnr' for 'dpmpp_2m' and
+  # 'dpmpp_2m_sde', else 'uniform_t').
   c.sampling.time_grid = ""
   # Guide only the steps with t_lo < t <= t_hi (grids and FID alike); (0, 1) guides every step.
   c.sampling.guidance_interval = (0.0, 1.0)
@@ -317,10 +318,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.sampling.time_grid={value!r} is not allowed; allowed: '' (the "
                      f"sampler's default), {', '.join(samplers.TIME_GRIDS)}.")
   for field in ("sampler", "fid_sampler"):
-    if config.sampling[field] in samplers.ODE_SAMPLERS and config.sampling.td != 0:
+    if config.sampling[field] in samplers.END_TO_END_SAMPLERS and config.sampling.td != 0:
       raise ValueError(f"config.sampling.td={config.sampling.td!r}: must be 0 with "
-                       f"config.sampling.{field}={config.sampling[field]!r} (an ODE solver's steps "
-                       "meet end to end).")
+                       f"config.sampling.{field}={config.sampling[field]!r} (its steps meet end "
+                       "to end).")
   value = config.sampling.num_samples
   if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
     raise ValueError(f"config.sampling.num_samples={value!r}: must be a positive integer.")

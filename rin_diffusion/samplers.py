@@ -24,6 +24,8 @@ One step (spec-rin 6.2):
      eps-hat without dividing by sqrt(alpha) ~ 1e-4 near t = 1; var = 1 - alpha ('ddpm') or
      (1 - gamma_next) / (1 - gamma_now) (1 - alpha) ('ddpm_small'); x_next = mean + sqrt(var) z with
      fresh z per step. 1 - gamma_now is floored at 1e-7 where it divides.
+   * 'dpmpp_2m_sde' (DPM-Solver++(2M) SDE, eta = 1): 'ddpm_small''s step (mean and variance) taken
+     with DPM-Solver++(2M)'s extrapolated D in place of x0'-hat (dpmpp_2m_step, docs/samplers.md).
    * 'ddpm_learned' (Improved DDPM's learned variances): the denoise fn returns 2C channels, the
      prediction and v; the mean is the 'ddpm' mean of the first half and
      log var = frac log(1 - alpha) + (1 - frac) log beta~, frac = (v + 1) / 2, with
@@ -62,13 +64,17 @@ from rin_diffusion import diffusion, learned_variance, schedules
 PyTree = Any
 DenoiseFn = Callable[[jax.Array, jax.Array, PyTree, PyTree], tuple[jax.Array, PyTree]]
 
-SAMPLERS = ("ddpm", "ddpm_small", "ddim", "ddpm_learned", "dpmpp_2m", "heun")
+SAMPLERS = ("ddpm", "ddpm_small", "ddim", "ddpm_learned", "dpmpp_2m", "heun", "dpmpp_2m_sde")
 # The deterministic second-order solvers of the probability-flow ODE (docs/samplers.md).
 ODE_SAMPLERS = ("dpmpp_2m", "heun")
+# The samplers that need td = 0: a multistep or two-call step reads the grid point where the step
+# before it ended (the ODE solvers and the stochastic DPM-Solver++(2M) SDE).
+END_TO_END_SAMPLERS = ODE_SAMPLERS + ("dpmpp_2m_sde",)
 TIME_GRIDS = ("uniform_t", "logsnr", "edm")
 # The grid each sampler uses when none is named (docs/samplers.md has the measurements behind it).
 DEFAULT_TIME_GRID = {"ddpm": "uniform_t", "ddpm_small": "uniform_t", "ddim": "uniform_t",
-                     "ddpm_learned": "uniform_t", "dpmpp_2m": "logsnr", "heun": "uniform_t"}
+                     "ddpm_learned": "uniform_t", "dpmpp_2m": "logsnr", "heun": "uniform_t",
+                     "dpmpp_2m_sde": "logsnr"}
 EDM_RHO = 7.0  # Karras et al. 2022, eq. 5: sigma_i^(1 / rho) is uniform in i.
 # EDM's sigma_max for data in [-1, 1] (times b on the scaled data): the 'logsnr' and 'edm' grids
 # start there, not at the offset cosine's sigma(1) ~ 1.3e4, which would spend half of a 10-step
@@ -214,8 +220,8 @@ def sample(denoise_fn: DenoiseFn, noise: jax.Array, key: jax.Array, *,
       custom_message="samplers.sample: cond, null_cond and hidden_init need noise's batch size")
   if isinstance(input_scale, (int, float)) and not input_scale > 0:
     raise ValueError(f"config.diffusion.input_scale={input_scale!r}; allowed: a number > 0")
-  if sampler in ODE_SAMPLERS and not td == 0:
-    raise ValueError(f"config.sampling.td={td!r}; allowed: 0 with the ODE solver {sampler!r}, "
+  if sampler in END_TO_END_SAMPLERS and not td == 0:
+    raise ValueError(f"config.sampling.td={td!r}; allowed: 0 with the sampler {sampler!r}, "
                      "whose steps must meet end to end")
   t_now, t_next = _grid(steps, td, t_end, t_start, kind=grid_kind, gamma_fn=gamma_fn,
                         input_scale=input_scale)
@@ -263,6 +269,17 @@ def sample(denoise_fn: DenoiseFn, noise: jax.Array, key: jax.Array, *,
     shapes = jax.eval_shape(lambda x: denoise(x, gamma0, None)[1], x_init)
     hidden_init = tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
+  def posterior(x0_hat, x, gamma_now, gamma_next):
+    """(mean, 1 - alpha, beta~) of q(x_next | x, x0'-hat): the 'ddpm' mean in its numerically safe
+    form (module docstring) and the posterior variance beta~ of 'ddpm_small'."""
+    alpha = jnp.clip(gamma_now / gamma_next, 0.0, 1.0)
+    one_minus_alpha = jnp.clip((gamma_next - gamma_now) / gamma_next, 0.0, 1.0)
+    one_minus_gamma_now = jnp.maximum(1.0 - gamma_now, 1e-7)
+    mean = (jnp.sqrt(gamma_next) * one_minus_alpha / one_minus_gamma_now * x0_hat
+            + jnp.sqrt(alpha) * (1.0 - gamma_next) / one_minus_gamma_now * x)
+    beta_tilde = (1.0 - gamma_next) / one_minus_gamma_now * one_minus_alpha
+    return mean, one_minus_alpha, beta_tilde
+
   def step(carry, t_pair):
     x, hidden, step_key, _ = carry
     gamma_now = jnp.asarray(gamma_fn(t_pair[0]), jnp.float32)
@@ -281,12 +298,7 @@ def sample(denoise_fn: DenoiseFn, noise: jax.Array, key: jax.Array, *,
     if sampler == "ddim":
       x_next = jnp.sqrt(gamma_next) * x0_hat + jnp.sqrt(1.0 - gamma_next) * eps_hat
     else:
-      alpha = jnp.clip(gamma_now / gamma_next, 0.0, 1.0)
-      one_minus_alpha = jnp.clip((gamma_next - gamma_now) / gamma_next, 0.0, 1.0)
-      one_minus_gamma_now = jnp.maximum(1.0 - gamma_now, 1e-7)
-      mean = (jnp.sqrt(gamma_next) * one_minus_alpha / one_minus_gamma_now * x0_hat
-              + jnp.sqrt(alpha) * (1.0 - gamma_next) / one_minus_gamma_now * x)
-      beta_tilde = (1.0 - gamma_next) / one_minus_gamma_now * one_minus_alpha
+      mean, one_minus_alpha, beta_tilde = posterior(x0_hat, x, gamma_now, gamma_next)
       if sampler == "ddpm":
         var = one_minus_alpha
       elif sampler == "ddpm_small":
@@ -321,9 +333,19 @@ def sample(denoise_fn: DenoiseFn, noise: jax.Array, key: jax.Array, *,
   # step overshoots, and the first-order step returns the last x0-hat itself (as heun's Euler).
   final_first_order = t_end == 0.0
 
+  stochastic = sampler == "dpmpp_2m_sde"
+
   def dpmpp_2m_step(carry, xs):
     """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2) in lambda = logSNR / 2: the DDIM step taken
-    with D = x0-hat + h / (2 h_prev) (x0-hat - previous x0-hat), h = lambda_next - lambda_now."""
+    with D = x0-hat + h / (2 h_prev) (x0-hat - previous x0-hat), h = lambda_next - lambda_now.
+
+    'dpmpp_2m_sde' (the paper's SDE variant, eta = 1, k-diffusion's "midpoint" correction, which
+    is this D): x_next = (sigma_next / sigma_now) e^-h x + alpha_next (1 - e^-2h) D
+    + sigma_next sqrt(1 - e^-2h) z. In gamma, (sigma_next / sigma_now) e^-h and
+    alpha_next (1 - e^-2h) are the coefficients of x and x0'-hat in the 'ddpm' mean, and
+    sigma_next^2 (1 - e^-2h) is 'ddpm_small''s variance, so that step is posterior() with D: no
+    division by sigma_now ~ 0 near t = 0, no exponential of an h that is infinite where gamma
+    rounds to 1. Its first-order steps are 'ddpm_small''s steps."""
     x, hidden, step_key, x0_prev, lambda_prev = carry
     t_pair, index = xs
     gamma_now = jnp.asarray(gamma_fn(t_pair[0]), jnp.float32)
@@ -340,7 +362,12 @@ def sample(denoise_fn: DenoiseFn, noise: jax.Array, key: jax.Array, *,
     # where() before the product: the unused ratio may be inf or nan.
     ratio = jnp.where(first_order, 0.0, (lambda_next - lambda_now) / (2.0 * h_prev))
     x0_combined = x0_hat + ratio * (x0_hat - x0_prev)
-    x_next = ddim_update(x0_combined, x, gamma_now, gamma_next)
+    if stochastic:
+      mean, _, beta_tilde = posterior(x0_combined, x, gamma_now, gamma_next)
+      step_key, noise_key = jax.random.split(step_key)
+      x_next = mean + jnp.sqrt(beta_tilde) * jax.random.normal(noise_key, x.shape, jnp.float32)
+    else:
+      x_next = ddim_update(x0_combined, x, gamma_now, gamma_next)
     return (x_next, hidden_out, step_key, x0_hat, lambda_now), None
 
   def karras_sigma(gamma):
@@ -377,7 +404,7 @@ def sample(denoise_fn: DenoiseFn, noise: jax.Array, key: jax.Array, *,
     return (x_next, hidden, step_key, x0_hat), None
 
   zeros = jnp.zeros_like(x_init)
-  if sampler == "dpmpp_2m":
+  if sampler in ("dpmpp_2m", "dpmpp_2m_sde"):
     init = (x_init, hidden_init, key, zeros, jnp.zeros((), jnp.float32))
     xs = ((t_now, t_next), jnp.arange(steps))
     (x_final, hidden_final, _, x0_last, _), _ = jax.lax.scan(dpmpp_2m_step, init, xs)
@@ -394,7 +421,8 @@ def sample(denoise_fn: DenoiseFn, noise: jax.Array, key: jax.Array, *,
 def calls_per_run(sampler: str, steps: int, *, gamma_fn: Callable[[jax.Array], jax.Array],
                   time_grid: str | None = None, t_end: float = 0.0, t_start: float = 1.0,
                   input_scale: float = 1.0) -> int:
-  """Denoiser calls of one run (each a 2B-batch call where guided): `steps`, except for 'heun',
+  """Denoiser calls of one run (each a 2B-batch call where guided): `steps` ('dpmpp_2m_sde' too:
+  one call per step, its second order from the previous call's x0-hat), except for 'heun',
   which makes 2 per step but 1 on the last step (no call at the end point, which may be sigma = 0)
   and on the steps from above EDM_SIGMA_MAX b (the first step of every grid from t = 1 with the
   offset cosine: 2 steps - 2 calls)."""

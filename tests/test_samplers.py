@@ -129,6 +129,7 @@ MAX_BIAS = {"cosine": 0.08, "linear": 0.15}
 
 # 'ddpm_learned' takes a 2C-channel prediction: tests/test_learned_variance.py covers it.
 # The ODE solvers ('dpmpp_2m', 'heun') are checked against the exact flow in test_fast_samplers.py.
+# So is 'dpmpp_2m_sde', against the exact law of its samples.
 FIXED_VARIANCE = ("ddpm", "ddpm_small", "ddim")
 CASES = (
     [(s, "cosine", p, 1.0, True) for s in FIXED_VARIANCE for p in ("eps", "x0", "v")]
@@ -378,7 +379,7 @@ def test_bad_arguments():
   with pytest.raises(ValueError) as info:
     samplers.sample(fn, jnp.zeros((2, 2)), jax.random.PRNGKey(0), sampler="euler", **kw)
   assert str(info.value) == ("config.sampling.sampler='euler'; allowed: 'ddpm', 'ddpm_small', 'ddim', "
-                             "'ddpm_learned', 'dpmpp_2m', 'heun'")
+                             "'ddpm_learned', 'dpmpp_2m', 'heun', 'dpmpp_2m_sde'")
   with pytest.raises(ValueError, match="config.diffusion.pred_type='score'"):
     samplers.sample(fn, jnp.zeros((2, 2)), jax.random.PRNGKey(0), pred_type="score", **kw)
   with pytest.raises(ValueError, match="config.diffusion.input_scale=0.0"):

@@ -45,7 +45,7 @@ def _define_flags() -> dict[str, flags.FlagHolder]:
       "workdir": flags.DEFINE_string("workdir", None,
                                      "Trainer workdir (its EMA parameters are scored)."),
       "samplers": flags.DEFINE_list("samplers", ["ddim", "dpmpp_2m", "heun"],
-                                    "Samplers to compare."),
+                                    "Samplers to compare, of " + ", ".join(samplers.SAMPLERS) + "."),
       "calls": flags.DEFINE_list("calls", ["8", "12", "16", "25", "50"],
                                  "Denoiser-call budgets."),
       "time_grids": flags.DEFINE_list("time_grids", [""],
