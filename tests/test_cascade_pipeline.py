@@ -534,3 +534,21 @@ def test_train_stages_trains_only_the_named_stages(tmp_path):
   pipeline_lib.train_stages(pipeline, str(work), only=["sr32"])
   assert sorted(p.name for p in (work / "sr32" / "checkpoints").iterdir() if p.name.isdigit()) == ["2"]
   assert not (work / "base16").exists()
+
+
+def test_demo_pipeline_args_reach_the_stage_configs():
+  """The demo pipeline's base knobs (docs/cascade.md) land in the loaded stage configs."""
+  spec = os.path.join(REPO, "configs", "cdm", "pipeline_fashion_mnist.py")
+  base, sr = pipeline_lib.load_stages(paper_configs.load_config(
+      f"{spec}:basew=1.5,basegi=0.2:0.9,basesteps=51000,at=17000,srw=0"))
+  assert (base.name, base.guidance, base.config.total_steps) == ("base16_51000", 1.5, 51000)
+  assert base.config.checkpoint_every_steps == 12750
+  assert tuple(base.config.sampling.guidance_interval) == (0.2, 0.9)
+  assert (sr.name, sr.guidance, sr.checkpoint_step) == ("sr32", 0.0, 17000)
+  default_base, _ = pipeline_lib.load_stages(paper_configs.load_config(spec))
+  assert (default_base.name, default_base.guidance, default_base.config.total_steps) == (
+      "base16", 3.0, 34000)
+  assert tuple(default_base.config.sampling.guidance_interval) == (0.0, 1.0)
+  for bad in ("basegi=0.9:0.2", "basew=x", "basesteps=0.5", "basew=1,basew=2"):
+    with pytest.raises(ValueError, match="allowed: .*'basegi=LO:HI'"):
+      paper_configs.load_config(f"{spec}:{bad}")
