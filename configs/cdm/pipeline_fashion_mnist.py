@@ -30,19 +30,33 @@ def _interval(text: str) -> tuple[float, float] | None:
   return (lo, hi) if 0.0 <= lo < hi <= 1.0 else None
 
 
+def _count(text: str) -> int | None:
+  return int(text) if text.isdigit() else None
+
+
+def _weight(text: str) -> float | None:
+  return float(text) if text.replace(".", "", 1).isdigit() else None
+
+
+# The 'key=value' args and the parser of each value (None: not allowed).
+_VALUED_ARGS = {"at": _count, "srw": _weight, "basew": _weight, "basegi": _interval,
+                "basesteps": _count}
+
+
 def get_config(arg: str = ""):
-  tokens = set(filter(None, arg.split(",")))
-  at = [t for t in tokens if t.startswith("at=")]
-  srw = [t for t in tokens if t.startswith("srw=")]
-  basew = [t for t in tokens if t.startswith("basew=")]
-  basegi = [t for t in tokens if t.startswith("basegi=")]
-  basesteps = [t for t in tokens if t.startswith("basesteps=")]
-  tokens -= set(at) | set(srw) | set(basew) | set(basegi) | set(basesteps)
-  unknown = tokens - {"truncated", "tiny", "unet", "noaug", "blur"}
-  if unknown or len(at) > 1 or len(srw) > 1 or len(basew) > 1 or {"noaug", "blur"} <= tokens or any(
-      not t.split("=")[1].isdigit() for t in at + basesteps) or len(basesteps) > 1 or any(
-      not t.split("=")[1].replace(".", "", 1).isdigit() for t in srw + basew) or any(
-      not _interval(t[7:]) for t in basegi):
+  tokens, values = set(), {}
+  bad = False
+  for token in filter(None, arg.split(",")):
+    key, has_value, text = token.partition("=")
+    if not has_value:
+      tokens.add(token)
+      continue
+    parse = _VALUED_ARGS.get(key)
+    value = parse(text) if parse else None
+    # One value per key: 'at=1,at=2' is refused, a repeated 'at=1' is the same arg.
+    bad = bad or value is None or values.get(key, value) != value
+    values[key] = value
+  if bad or tokens - {"truncated", "tiny", "unet", "noaug", "blur"} or {"noaug", "blur"} <= tokens:
     raise ValueError(f"pipeline_fashion_mnist.py: args {arg!r}; allowed: 'truncated', 'tiny', "
                      "'unet', one of 'noaug' and 'blur', 'at=STEP', 'srw=GUIDANCE', "
                      "'basew=GUIDANCE', 'basegi=LO:HI' (0 <= LO < HI <= 1) and 'basesteps=N'")
@@ -78,20 +92,22 @@ def get_config(arg: str = ""):
               overrides={"cascade.aug_level_max": 0.0, "model.num_extra_tokens": 0})
   if "blur" in tokens:
     sr.update(name="sr32_blur", overrides={"cascade.blur_prob": 0.5})
-  if at:
-    sr["checkpoint_step"] = int(at[0][3:])
-  if srw:
-    sr["guidance"] = float(srw[0][4:])
-  if basew:
-    p.stages[0]["guidance"] = float(basew[0][6:])
+  if "at" in values:
+    sr["checkpoint_step"] = values["at"]
+  if "srw" in values:
+    sr["guidance"] = values["srw"]
   base = p.stages[0]
-  base["overrides"] = {}
-  if basegi:
-    base["overrides"]["sampling.guidance_interval"] = _interval(basegi[0][7:])
-  if basesteps:
-    steps = int(basesteps[0][10:])
-    base["name"] = f"base16_{steps}"
-    base["overrides"].update({"total_steps": steps, "checkpoint_every_steps": max(steps // 4, 1),
-                              "sample_every_steps": steps})
+  if "basew" in values:
+    base["guidance"] = values["basew"]
+  base_overrides = {}
+  if "basegi" in values:
+    base_overrides["sampling.guidance_interval"] = values["basegi"]
+  if "basesteps" in values:
+    base_steps = values["basesteps"]
+    base["name"] = f"base16_{base_steps}"
+    base_overrides.update({"total_steps": base_steps, "sample_every_steps": base_steps,
+                           "checkpoint_every_steps": max(base_steps // 4, 1)})
+  if base_overrides:
+    base["overrides"] = base_overrides
   p.input_samples = ""  # Or 'real:test' / a shard directory (--input_samples): stand-in base.
   return p
